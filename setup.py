@@ -1,0 +1,47 @@
+"""Installs msda, detr_blocks and models, and ships csrc/ inside msda (as msda/csrc).
+
+Nothing is compiled here and torch is not imported: the extension is JIT-built on first use.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="deformable-detr-msda",
+    version="0.1.0",
+    description="Fast multi-scale deformable attention (CPU and CUDA), DETR building blocks and Deformable DETR models",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=["msda", "msda.integrations", "msda.csrc", "detr_blocks", "models"],
+    package_dir={"msda.csrc": "csrc"},
+    package_data={"msda.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.h"]},
+    include_package_data=False,
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "numpy",
+        "scipy",
+        "pybind11",
+        "ninja",
+        "pillow",
+        "safetensors",
+        "tqdm",
+        "pycocotools",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "transformers==4.57.6",
+            "onnx",
+            "onnxruntime",
+            "onnxscript",
+            "scikit-image",
+        ],
+    },
+    entry_points={"console_scripts": ["deformable-detr=models.cli:main"]},
+)
