@@ -1,0 +1,31 @@
+"""Deformable DETR assemblies: config, models, variants, checkpoints, image processors, command line.
+
+Names are imported lazily so that ``import models`` stays cheap and a command that only needs the
+image processors does not build the op.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DeformableDetrConfig": "models.config",
+    "DeformableDetrModel": "models.deformable_detr",
+    "DeformableDetrForObjectDetection": "models.deformable_detr",
+    "deformable_detr": "models.variants",
+    "deformable_detr_single_scale": "models.variants",
+    "deformable_detr_single_scale_dc5": "models.variants",
+    "deformable_detr_box_refine": "models.variants",
+    "deformable_detr_two_stage": "models.variants",
+    "DeformableDetrImageProcessor": "models.image_processing",
+    "DeformableDetrImageProcessorFast": "models.image_processing_fast",
+    "DeformableDetrFeatureExtractor": "models.feature_extraction",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
