@@ -38,8 +38,11 @@ Two-stage
 Matching and losses
     HungarianMatcher(class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, focal_alpha=0.25, focal_gamma=2.0)
     sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0) -> elementwise loss
-    SetCriterion(num_classes, matcher, weight_dict=None, losses=("labels", "boxes", "cardinality"),
-                 focal_alpha=0.25, focal_gamma=2.0) -> forward(outputs, targets) -> (loss, loss_dict)
+    SetCriterion(num_classes, matcher=None, weight_dict=None (paper: loss_ce 2, loss_bbox 5, loss_giou 2),
+                 losses=("labels", "boxes", "cardinality"), focal_alpha=0.25, focal_gamma=2.0)
+        forward(outputs, targets) -> (total, loss_dict); outputs: logits, pred_boxes, optional
+        auxiliary_outputs (list) and enc_outputs (two-stage); targets: class_labels, boxes
+    average_num_boxes(targets, device) -> float (averaged over processes when distributed)
 """
 
 from detr_blocks.activation import get_activation
@@ -48,6 +51,8 @@ from detr_blocks.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer, DeformableDecoderOutput
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer, DeformableEncoderOutput, encoder_reference_points
 from detr_blocks.functional import inverse_sigmoid, refine_boxes
+from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_loss
+from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, select_top_proposals
@@ -61,9 +66,12 @@ __all__ = [
     "DeformableEncoder",
     "DeformableEncoderLayer",
     "DeformableEncoderOutput",
+    "HungarianMatcher",
     "LearnedPositionEmbedding",
     "MultiheadSelfAttention",
+    "SetCriterion",
     "SinePositionEmbedding",
+    "average_num_boxes",
     "box_area",
     "box_cxcywh_to_xyxy",
     "box_iou",
@@ -76,5 +84,6 @@ __all__ = [
     "proposal_position_embedding",
     "refine_boxes",
     "select_top_proposals",
+    "sigmoid_focal_loss",
     "valid_ratios",
 ]
