@@ -1,0 +1,381 @@
+"""``DeformableDetrConfig``: every hyper-parameter of a Deformable DETR detector.
+
+The argument names and defaults are those of the Hugging Face ``DeformableDetrConfig``, so a
+``config.json`` written by ``transformers`` loads here, and one written here loads there.
+Keys this class does not know (``architectures``, ``transformers_version``, ...) are kept and
+written back unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+MODEL_TYPE = "deformable_detr"
+
+ACTIVATIONS = ("relu", "gelu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh", "tanh", "sigmoid")
+POSITION_EMBEDDINGS = ("sine", "learned")
+
+# Keys of the Hugging Face base config that describe text generation or other tasks; they are
+# accepted (so any config.json loads) but not written back.
+_IGNORED_BASE_KEYS = frozenset(
+    {
+        "_name_or_path", "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
+        "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty",
+        "do_sample", "early_stopping", "encoder_no_repeat_ngram_size", "eos_token_id",
+        "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id", "forced_eos_token_id",
+        "is_decoder", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups",
+        "num_beams", "num_return_sequences", "output_scores", "pad_token_id", "prefix", "problem_type",
+        "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
+        "sep_token_id", "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss",
+        "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k", "top_p", "torchscript",
+        "typical_p", "use_bfloat16", "output_attentions", "output_hidden_states", "return_dict",
+    }
+)
+
+
+class DeformableDetrConfig:
+    """Configuration of ``DeformableDetrModel`` / ``DeformableDetrForObjectDetection``.
+
+    Defaults give the paper's Deformable DETR (ResNet-50, 4 levels, 6+6 layers, 300 queries).
+    The variants are switched by ``num_feature_levels=1`` (single scale), ``dilation=True`` (DC5),
+    ``with_box_refine=True`` (iterative box refinement) and ``two_stage=True`` (two-stage, which
+    needs ``with_box_refine=True``).
+
+    Args (all keyword, Hugging Face names and defaults):
+        use_timm_backbone: build the backbone as ``timm`` would (``backbone_kwargs`` in timm's terms).
+            ResNets are built with torchvision either way: their parameter names are the same.
+        backbone_config: a Hugging Face ``AutoBackbone`` config (dict). Accepted and kept so
+            that such a config.json loads, but models cannot be built from it.
+        backbone: backbone name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` (torchvision),
+            or any ``timm`` model name when ``use_timm_backbone`` and timm is installed.
+        use_pretrained_backbone: load ImageNet weights for the backbone (only from the local cache).
+        backbone_kwargs: ``out_indices`` (stages 1-4 whose features are used), ``in_chans``,
+            ``output_stride`` (16 = dilation); filled in from the other arguments when None.
+        dilation: DC5, replace the stride of the last stage by dilation.
+        num_channels: input image channels.
+        num_queries: object queries (two-stage uses ``two_stage_num_proposals``).
+        d_model: width of the transformer.
+        encoder_layers, decoder_layers, encoder_attention_heads, decoder_attention_heads,
+        encoder_ffn_dim, decoder_ffn_dim, encoder_n_points, decoder_n_points, num_feature_levels:
+            transformer sizes.
+        activation_function: one of ``ACTIVATIONS``.
+        dropout, attention_dropout, activation_dropout, encoder_layerdrop: regularisation.
+        init_std, init_xavier_std: initialisation.
+        auxiliary_loss: add the losses of every decoder layer.
+        position_embedding_type: ``"sine"`` or ``"learned"``.
+        class_cost, bbox_cost, giou_cost: Hungarian matching weights.
+        bbox_loss_coefficient, giou_loss_coefficient, mask_loss_coefficient, dice_loss_coefficient,
+        eos_coefficient, focal_alpha: loss weights.
+        two_stage, two_stage_num_proposals, with_box_refine: variant switches.
+        disable_custom_kernels: run the pure-PyTorch attention (for ONNX export).
+        num_labels / id2label / label2id: classes of the detection head (default 2, like transformers).
+    """
+
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        use_timm_backbone: bool = True,
+        backbone_config: dict | None = None,
+        num_channels: int = 3,
+        num_queries: int = 300,
+        max_position_embeddings: int = 1024,
+        encoder_layers: int = 6,
+        encoder_ffn_dim: int = 1024,
+        encoder_attention_heads: int = 8,
+        decoder_layers: int = 6,
+        decoder_ffn_dim: int = 1024,
+        decoder_attention_heads: int = 8,
+        encoder_layerdrop: float = 0.0,
+        is_encoder_decoder: bool = True,
+        activation_function: str = "relu",
+        d_model: int = 256,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        init_std: float = 0.02,
+        init_xavier_std: float = 1.0,
+        return_intermediate: bool = True,
+        auxiliary_loss: bool = False,
+        position_embedding_type: str = "sine",
+        backbone: str | None = "resnet50",
+        use_pretrained_backbone: bool = True,
+        backbone_kwargs: dict | None = None,
+        dilation: bool = False,
+        num_feature_levels: int = 4,
+        encoder_n_points: int = 4,
+        decoder_n_points: int = 4,
+        two_stage: bool = False,
+        two_stage_num_proposals: int = 300,
+        with_box_refine: bool = False,
+        class_cost: float = 1,
+        bbox_cost: float = 5,
+        giou_cost: float = 2,
+        mask_loss_coefficient: float = 1,
+        dice_loss_coefficient: float = 1,
+        bbox_loss_coefficient: float = 5,
+        giou_loss_coefficient: float = 2,
+        eos_coefficient: float = 0.1,
+        focal_alpha: float = 0.25,
+        disable_custom_kernels: bool = False,
+        num_labels: int | None = None,
+        id2label: dict | None = None,
+        label2id: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if use_timm_backbone and backbone_kwargs is None:
+            # what transformers fills in, so both libraries read the same dict
+            backbone_kwargs = {}
+            if dilation:
+                backbone_kwargs["output_stride"] = 16
+            backbone_kwargs["out_indices"] = [2, 3, 4] if num_feature_levels > 1 else [4]
+            backbone_kwargs["in_chans"] = num_channels
+        self.use_timm_backbone = use_timm_backbone
+        self.backbone_config = copy.deepcopy(backbone_config)
+        self.num_channels = num_channels
+        self.num_queries = num_queries
+        self.max_position_embeddings = max_position_embeddings
+        self.d_model = d_model
+        self.encoder_ffn_dim = encoder_ffn_dim
+        self.encoder_layers = encoder_layers
+        self.encoder_attention_heads = encoder_attention_heads
+        self.decoder_ffn_dim = decoder_ffn_dim
+        self.decoder_layers = decoder_layers
+        self.decoder_attention_heads = decoder_attention_heads
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.activation_function = activation_function
+        self.init_std = init_std
+        self.init_xavier_std = init_xavier_std
+        self.encoder_layerdrop = encoder_layerdrop
+        self.is_encoder_decoder = is_encoder_decoder
+        self.return_intermediate = return_intermediate
+        self.auxiliary_loss = auxiliary_loss
+        self.position_embedding_type = position_embedding_type
+        self.backbone = backbone
+        self.use_pretrained_backbone = use_pretrained_backbone
+        self.backbone_kwargs = copy.deepcopy(backbone_kwargs)
+        self.dilation = dilation
+        self.num_feature_levels = num_feature_levels
+        self.encoder_n_points = encoder_n_points
+        self.decoder_n_points = decoder_n_points
+        self.two_stage = two_stage
+        self.two_stage_num_proposals = two_stage_num_proposals
+        self.with_box_refine = with_box_refine
+        self.class_cost = class_cost
+        self.bbox_cost = bbox_cost
+        self.giou_cost = giou_cost
+        self.mask_loss_coefficient = mask_loss_coefficient
+        self.dice_loss_coefficient = dice_loss_coefficient
+        self.bbox_loss_coefficient = bbox_loss_coefficient
+        self.giou_loss_coefficient = giou_loss_coefficient
+        self.eos_coefficient = eos_coefficient
+        self.focal_alpha = focal_alpha
+        self.disable_custom_kernels = disable_custom_kernels
+        self._set_labels(num_labels, id2label, label2id)
+        self.extra: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in ("model_type", "hidden_size", "num_attention_heads"):
+                continue
+            if key in _IGNORED_BASE_KEYS:
+                continue
+            self.extra[key] = copy.deepcopy(value)
+        self.validate()
+
+    # ----------------------------------------------------------------------------------- labels
+    def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:
+        if id2label is not None:
+            if not isinstance(id2label, dict):
+                raise TypeError(f"id2label must be a dict {{int: str}}, got {type(id2label).__name__}")
+            id2label = {int(key): str(value) for key, value in id2label.items()}
+            if num_labels is not None and num_labels != len(id2label):
+                raise ValueError(f"num_labels ({num_labels}) does not match len(id2label) ({len(id2label)})")
+        else:
+            count = 2 if num_labels is None else num_labels
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+            id2label = {index: f"LABEL_{index}" for index in range(count)}
+        if label2id is None:
+            label2id = {name: index for index, name in id2label.items()}
+        elif not isinstance(label2id, dict):
+            raise TypeError(f"label2id must be a dict {{str: int}}, got {type(label2id).__name__}")
+        self.id2label = id2label
+        self.label2id = {str(key): int(value) for key, value in label2id.items()}
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of the detection head (``len(id2label)``)."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"num_labels must be a positive int, got {value!r}")
+        if value != len(self.id2label):
+            self._set_labels(value, None, None)
+
+    def _default_backbone_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"output_stride": 16} if self.dilation else {}
+        kwargs["out_indices"] = [2, 3, 4] if self.num_feature_levels > 1 else [4]
+        kwargs["in_chans"] = self.num_channels
+        return kwargs
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.encoder_attention_heads
+
+    @property
+    def num_backbone_levels(self) -> int:
+        """How many feature maps the backbone returns (the rest come from strided convolutions)."""
+        return len(self.out_indices)
+
+    @property
+    def out_indices(self) -> tuple[int, ...]:
+        """ResNet stages (1-4) whose outputs feed the transformer."""
+        kwargs = self.backbone_kwargs or {}
+        if "out_indices" in kwargs:
+            return tuple(int(index) for index in kwargs["out_indices"])
+        return (2, 3, 4) if self.num_feature_levels > 1 else (4,)
+
+    # ------------------------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the argument when a value or a combination is invalid."""
+
+        def positive_int(name: str, minimum: int = 1) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+        for name in ("num_channels", "num_queries", "d_model", "encoder_ffn_dim", "decoder_ffn_dim",
+                     "encoder_attention_heads", "decoder_attention_heads", "decoder_layers", "num_feature_levels",
+                     "encoder_n_points", "decoder_n_points", "two_stage_num_proposals", "max_position_embeddings"):
+            positive_int(name)
+        positive_int("encoder_layers", 0)
+        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "focal_alpha"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        for name in ("init_std", "init_xavier_std", "class_cost", "bbox_cost", "giou_cost", "mask_loss_coefficient",
+                     "dice_loss_coefficient", "bbox_loss_coefficient", "giou_loss_coefficient", "eos_coefficient"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        for name in ("use_timm_backbone", "use_pretrained_backbone", "dilation", "two_stage", "with_box_refine",
+                     "auxiliary_loss", "disable_custom_kernels"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.d_model % self.encoder_attention_heads != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by encoder_attention_heads ({self.encoder_attention_heads})")
+        if self.d_model % self.decoder_attention_heads != 0:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by decoder_attention_heads ({self.decoder_attention_heads})")
+        if self.d_model % 32 != 0:
+            raise ValueError(f"d_model must be a multiple of 32 (the input projections use GroupNorm(32, d_model)), got {self.d_model}")
+        if self.d_model % 2 != 0:
+            raise ValueError(f"d_model must be even (sine position embedding), got {self.d_model}")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
+        if self.position_embedding_type not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding_type!r}")
+        if self.two_stage and not self.with_box_refine:
+            raise ValueError("two_stage=True needs with_box_refine=True (the paper's two-stage model refines boxes)")
+        if self.backbone is not None and self.backbone_config is not None:
+            raise ValueError("give either backbone or backbone_config, not both")
+        if self.backbone is None and self.backbone_config is None:
+            raise ValueError("backbone (e.g. 'resnet50') is required when backbone_config is None")
+        if self.backbone_config is not None and self.use_timm_backbone:
+            raise ValueError("backbone_config cannot be combined with use_timm_backbone=True")
+        if self.backbone_config is not None and self.backbone_kwargs:
+            raise ValueError("give either backbone_kwargs or backbone_config, not both")
+        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
+            raise ValueError(f"backbone_kwargs must be a dict or None, got {type(self.backbone_kwargs).__name__}")
+        if self.backbone_config is not None and not isinstance(self.backbone_config, dict):
+            raise ValueError(f"backbone_config must be a dict or None, got {type(self.backbone_config).__name__}")
+        indices = self.out_indices
+        if not indices or any(index not in (1, 2, 3, 4) for index in indices) or list(indices) != sorted(set(indices)):
+            raise ValueError(f"backbone_kwargs['out_indices'] must be increasing stage numbers in 1..4, got {list(indices)}")
+        if len(indices) > self.num_feature_levels:
+            raise ValueError(
+                f"num_feature_levels ({self.num_feature_levels}) must be at least the number of backbone outputs "
+                f"(out_indices {list(indices)})"
+            )
+
+    # -------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-able dict in the Hugging Face layout (``id2label`` keys as strings)."""
+        data: dict[str, Any] = {}
+        for key, value in self.__dict__.items():
+            if key in ("extra", "id2label", "label2id"):
+                continue
+            data[key] = copy.deepcopy(value)
+        data["id2label"] = {str(index): name for index, name in self.id2label.items()}
+        data["label2id"] = dict(self.label2id)
+        data["model_type"] = MODEL_TYPE
+        for key, value in self.extra.items():
+            data.setdefault(key, copy.deepcopy(value))
+        return dict(sorted(data.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "DeformableDetrConfig":
+        """Build from a dict such as ``to_dict()`` or a Hugging Face ``config.json``; ``overrides`` win."""
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        model_type = data.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"config has model_type {model_type!r}, expected {MODEL_TYPE!r}")
+        merged = {**data, **overrides}
+        return cls(**merged)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "DeformableDetrConfig":
+        """Read a JSON file written by ``to_json_file`` or by ``transformers``."""
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle), **overrides)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "DeformableDetrConfig":
+        """Read ``config.json`` from a local directory (or a JSON file path). No network access."""
+        path = os.fspath(path)
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(
+                f"no config.json at {path!r}: from_pretrained reads a local directory in the Hugging Face layout "
+                "(download it first, e.g. with `huggingface-cli download SenseTime/deformable-detr --local-dir DIR`)"
+            )
+        return cls.from_json_file(file, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``directory/config.json``."""
+        os.makedirs(directory, exist_ok=True)
+        self.to_json_file(os.path.join(directory, "config.json"))
+
+    def copy(self, **overrides: Any) -> "DeformableDetrConfig":
+        """A copy with some fields replaced (validated again)."""
+        data = self.to_dict()
+        if "backbone_kwargs" not in overrides and self.use_timm_backbone and self.backbone_kwargs == self._default_backbone_kwargs():
+            data["backbone_kwargs"] = None  # recomputed from the new levels / dilation / channels
+        if "num_labels" in overrides and "id2label" not in overrides:
+            data.pop("id2label")
+            data.pop("label2id")
+        return type(self).from_dict(data, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DeformableDetrConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"
