@@ -1,0 +1,137 @@
+"""Input images of the image processors: flattening a batch, finding the channel axis, checking shapes.
+
+Accepted images: ``PIL.Image.Image`` (mode ``"RGB"`` or ``"L"``), ``numpy.ndarray`` and ``torch.Tensor`` of
+shape ``[H, W]`` (grayscale), ``[C, H, W]`` or ``[H, W, C]`` with ``C`` in ``{1, 3}``; a batch is a list or
+tuple of those, or one ``[B, C, H, W]`` / ``[B, H, W, C]`` array. Grayscale images (2-D or one channel) are
+repeated to three channels, so a batch may mix grayscale and RGB. Four-channel (RGBA) and other channel
+counts are refused with an error: drop or composite the alpha channel first (``image.convert("RGB")``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import numpy as np
+import PIL.Image
+import torch
+
+ChannelLayout = Literal["first", "last", "none"]
+
+_FORMAT_NAMES = {
+    "channels_first": "first",
+    "first": "first",
+    "channels_last": "last",
+    "last": "last",
+    "none": "none",
+}
+_PIL_MODES = ("RGB", "L")
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, (PIL.Image.Image, np.ndarray, torch.Tensor))
+
+
+def flatten_images(images: Any) -> list:
+    """Return the images of ``images`` as a flat list (one image, a list of images, or a 4-D batch)."""
+    if _is_image(images):
+        if isinstance(images, PIL.Image.Image) or images.ndim in (2, 3):
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise ValueError(f"images: an array must have 2, 3 or 4 dimensions, got shape {tuple(images.shape)}")
+    if isinstance(images, (list, tuple)):
+        flat = []
+        for index, item in enumerate(images):
+            if isinstance(item, (list, tuple)):
+                flat.extend(item)
+            elif _is_image(item):
+                flat.append(item)
+            else:
+                raise ValueError(
+                    f"images[{index}] must be a PIL image, numpy array or torch tensor, got {type(item).__name__}"
+                )
+        if not flat:
+            raise ValueError("images is empty: pass at least one image")
+        for index, item in enumerate(flat):
+            if not _is_image(item):
+                raise ValueError(
+                    f"images[{index}] must be a PIL image, numpy array or torch tensor, got {type(item).__name__}"
+                )
+            if not isinstance(item, PIL.Image.Image) and item.ndim not in (2, 3):
+                raise ValueError(f"images[{index}] must have 2 or 3 dimensions, got shape {tuple(item.shape)}")
+        return flat
+    raise ValueError(
+        f"images must be a PIL image, numpy array, torch tensor or a list of them, got {type(images).__name__}"
+    )
+
+
+def normalize_data_format(input_data_format: Optional[str]) -> Optional[ChannelLayout]:
+    """Map ``"channels_first"`` / ``"channels_last"`` / ``"none"`` (or ``None``: infer) to a layout."""
+    if input_data_format is None:
+        return None
+    name = getattr(input_data_format, "value", input_data_format)
+    if name not in _FORMAT_NAMES:
+        raise ValueError(
+            f"input_data_format must be 'channels_first', 'channels_last', 'none' or None, got {input_data_format!r}"
+        )
+    return _FORMAT_NAMES[name]
+
+
+def channel_layout(shape: tuple[int, ...], input_data_format: Optional[ChannelLayout], index: int) -> ChannelLayout:
+    """Where the channels of an image of ``shape`` are; checks the channel count and the spatial size.
+
+    The channel axis is the given ``input_data_format`` or, when that is ``None``, the first axis if it has
+    1 or 3 entries, else the last axis if it has 1 or 3 entries (the reference processors' rule).
+    """
+    if len(shape) == 2:
+        layout: ChannelLayout = "none"
+        if input_data_format not in (None, "none"):
+            raise ValueError(f"images[{index}] is 2-D (grayscale) but input_data_format is {input_data_format!r}")
+    elif len(shape) != 3:
+        raise ValueError(f"images[{index}] must have 2 or 3 dimensions, got shape {tuple(shape)}")
+    elif input_data_format in ("first", "last"):
+        layout = input_data_format
+    elif input_data_format == "none":
+        raise ValueError(f"images[{index}] has shape {tuple(shape)} but input_data_format is 'none' (2-D only)")
+    elif shape[0] in (1, 3):
+        layout = "first"
+    elif shape[-1] in (1, 3):
+        layout = "last"
+    else:
+        raise ValueError(
+            f"images[{index}] has shape {tuple(shape)}: no channel axis of size 1 or 3 at either end. "
+            "Four-channel (RGBA) images are not accepted: convert them to RGB first; pass input_data_format "
+            "if the channel axis is ambiguous."
+        )
+    if layout == "none":
+        height, width = shape
+        channels = 1
+    elif layout == "first":
+        channels, height, width = shape
+    else:
+        height, width, channels = shape
+    if channels not in (1, 3):
+        raise ValueError(
+            f"images[{index}] has {channels} channels (shape {tuple(shape)}); only 1 (grayscale) or 3 (RGB) are "
+            "accepted: convert RGBA and other images to RGB first"
+        )
+    if height == 0 or width == 0:
+        raise ValueError(f"images[{index}] is empty: shape {tuple(shape)}")
+    return layout
+
+
+def pil_to_array(image: PIL.Image.Image, index: int) -> np.ndarray:
+    """``[H, W, 3]`` or ``[H, W]`` uint8 array of a PIL image in mode ``"RGB"`` or ``"L"``."""
+    if image.mode not in _PIL_MODES:
+        raise ValueError(
+            f"images[{index}] is a PIL image in mode {image.mode!r}; only 'RGB' and 'L' are accepted: "
+            "use image.convert('RGB')"
+        )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"images[{index}] is empty: size {image.size}")
+    return np.asarray(image)
+
+
+def check_same_count(images: list, annotations: Optional[list]) -> None:
+    if annotations is not None and len(annotations) != len(images):
+        raise ValueError(f"annotations has {len(annotations)} entries but there are {len(images)} images")

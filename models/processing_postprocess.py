@@ -1,0 +1,80 @@
+"""Post-processing of detector outputs into scored, labelled boxes in pixels."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+
+def _field(outputs: Any, name: str) -> torch.Tensor:
+    value = outputs[name] if isinstance(outputs, dict) else getattr(outputs, name, None)
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"outputs.{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _target_scale(
+    target_sizes: Union[torch.Tensor, Sequence[Sequence[float]]], batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """``[B, 4]`` (w, h, w, h) scale factors from ``target_sizes`` (``[B, 2]`` as height, width)."""
+    if isinstance(target_sizes, torch.Tensor):
+        if target_sizes.ndim != 2 or target_sizes.shape[1] != 2:
+            raise ValueError(f"target_sizes must have shape [batch, 2] (height, width), got {tuple(target_sizes.shape)}")
+        heights, widths = target_sizes.unbind(1)
+    elif isinstance(target_sizes, (list, tuple)):
+        if not all(isinstance(pair, (list, tuple, torch.Tensor)) and len(pair) == 2 for pair in target_sizes):
+            raise ValueError("target_sizes must be a list of (height, width) pairs")
+        heights = torch.tensor([float(pair[0]) for pair in target_sizes], dtype=torch.float32)
+        widths = torch.tensor([float(pair[1]) for pair in target_sizes], dtype=torch.float32)
+    else:
+        raise ValueError(f"target_sizes must be a tensor [batch, 2] or a list of pairs, got {type(target_sizes).__name__}")
+    if len(heights) != batch_size:
+        raise ValueError(f"target_sizes has {len(heights)} entries but the outputs have a batch of {batch_size}")
+    return torch.stack([widths, heights, widths, heights], dim=1).to(device)
+
+
+def post_process_object_detection(
+    outputs: Any,
+    threshold: float = 0.5,
+    target_sizes: Optional[Union[torch.Tensor, Sequence[Sequence[float]]]] = None,
+    top_k: int = 100,
+) -> list[dict[str, torch.Tensor]]:
+    """Turn ``outputs.logits`` ``[B, Q, C]`` and ``outputs.pred_boxes`` ``[B, Q, 4]`` into detections.
+
+    Scores are sigmoids of the logits; the ``min(top_k, Q*C)`` best (query, class) pairs of each image are
+    kept, then those with a score above ``threshold``. Boxes go from normalized ``(cx, cy, w, h)`` to
+    ``(x0, y0, x1, y1)``, in pixels of ``target_sizes`` (``[B, 2]`` as height, width) when it is given.
+    ``outputs`` may be an object with those attributes or a dict.
+
+    Returns one dict per image: ``scores`` ``[K]``, ``labels`` int64 ``[K]``, ``boxes`` ``[K, 4]``.
+    """
+    logits = _field(outputs, "logits")
+    pred_boxes = _field(outputs, "pred_boxes")
+    if logits.ndim != 3:
+        raise ValueError(f"outputs.logits must have shape [batch, queries, classes], got {tuple(logits.shape)}")
+    if pred_boxes.shape != (*logits.shape[:2], 4):
+        raise ValueError(
+            f"outputs.pred_boxes must have shape {(*logits.shape[:2], 4)} to match the logits, got "
+            f"{tuple(pred_boxes.shape)}"
+        )
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    batch_size, _, num_classes = logits.shape
+
+    probs = logits.sigmoid().reshape(batch_size, -1)
+    scores, flat_index = torch.topk(probs, min(top_k, probs.shape[1]), dim=1)
+    query_index = torch.div(flat_index, num_classes, rounding_mode="floor")
+    labels = flat_index % num_classes
+
+    cx, cy, w, h = pred_boxes.unbind(-1)
+    corners = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    boxes = torch.gather(corners, 1, query_index.unsqueeze(-1).expand(-1, -1, 4))
+    if target_sizes is not None:
+        boxes = boxes * _target_scale(target_sizes, batch_size, boxes.device)[:, None, :]
+
+    results = []
+    for image_scores, image_labels, image_boxes in zip(scores, labels, boxes):
+        keep = image_scores > threshold
+        results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
+    return results
