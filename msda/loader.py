@@ -45,7 +45,7 @@ def _env_flag(name: str) -> str | None:
 
 
 def _cpu_flags() -> list[str]:
-    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    flags = ["-O3", "-fopenmp", "-fno-trapping-math"]  # the C++ standard is torch's choice (C++20 for torch >= 2.10)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c"]
@@ -103,6 +103,9 @@ def build(with_cuda: bool, build_root: Path | None = None) -> Path:
 
     Raises whatever the compiler raises; :func:`ensure_loaded` turns that into a fallback.
     """
+    if "CUDA_HOME" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
+        # torch guesses CUDA_HOME from the nvcc on PATH, which is wrong on some installs
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     from torch.utils import cpp_extension
 
     sources = _sources(with_cuda)
@@ -114,7 +117,7 @@ def build(with_cuda: bool, build_root: Path | None = None) -> Path:
     extra: dict = {}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list())
-        extra["extra_cuda_cflags"] = ["-O3", "--use_fast_math", "-std=c++17"]
+        extra["extra_cuda_cflags"] = ["-O3"]
     with open(build_dir / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS even if this process dies
         if not library.exists():
@@ -165,7 +168,7 @@ def ensure_loaded() -> None:
             build(with_cuda)
             _state.update(cpu=True, cuda=with_cuda, reason=f"compiled from {source_dir()}")
         except Exception as error:  # noqa: BLE001 - any build failure means: use the reference
-            cause = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+            cause = _first_error_line(error)
             _state.update(reason=f"compiling the extension failed ({cause})")
             warnings.warn(
                 f"msda: falling back to the pure-PyTorch reference, {_state['reason']}. "
@@ -174,6 +177,18 @@ def ensure_loaded() -> None:
                 stacklevel=3,
             )
         _state["tried"] = True
+
+
+def _first_error_line(error: BaseException) -> str:
+    """The compiler's first ``error:`` line if there is one, else the exception's last line."""
+    text = str(error).strip()
+    for candidate in (error.__cause__, error.__context__):
+        if candidate is not None and hasattr(candidate, "output") and candidate.output:
+            text = candidate.output.decode(errors="replace") if isinstance(candidate.output, bytes) else str(candidate.output)
+    lines = text.splitlines()
+    errors = [line.strip() for line in lines if "error" in line.lower() and "build stopped" not in line]
+    chosen = errors[0] if errors else (lines[-1] if lines else "")
+    return f"{type(error).__name__}: {chosen[:300]}"
 
 
 def is_compiled(device_type: str) -> bool:
