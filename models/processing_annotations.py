@@ -21,6 +21,7 @@ segment from the PNG of RGB-encoded ids (id = R + 256 G + 256² B), boxes from t
 from __future__ import annotations
 
 import pathlib
+import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -115,13 +116,22 @@ def polygons_to_masks(segmentations: Sequence[Any], height: int, width: int) -> 
 
     masks = np.zeros((len(segmentations), height, width), dtype=bool)
     for n, segmentation in enumerate(segmentations):
-        if isinstance(segmentation, Mapping) and isinstance(segmentation.get("counts"), (str, bytes)):
-            rle = dict(segmentation)
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode("ascii")
-            decoded = coco_mask.decode(rle)
-        else:
-            decoded = coco_mask.decode(coco_mask.frPyObjects(segmentation, height, width))
+        with warnings.catch_warnings():
+            # pycocotools' decode trips a numpy 2 "copy keyword" DeprecationWarning; the result is right.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if isinstance(segmentation, Mapping) and isinstance(segmentation.get("counts"), (str, bytes)):
+                rle = dict(segmentation)
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+                decoded = coco_mask.decode(rle)
+            else:
+                try:
+                    rles = coco_mask.frPyObjects(segmentation, height, width)
+                except Exception as error:
+                    raise ValueError(
+                        f"annotations: segmentation {str(segmentation)[:60]} is not a COCO polygon list or RLE: {error}"
+                    ) from error
+                decoded = coco_mask.decode(rles)
         if decoded.ndim == 3:
             decoded = decoded.any(axis=2)
         masks[n] = decoded.astype(bool)
