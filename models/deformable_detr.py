@@ -17,6 +17,8 @@ from torch import nn
 
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer
+from detr_blocks.losses import SetCriterion
+from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, select_top_proposals
@@ -297,7 +299,9 @@ class DeformableDetrForObjectDetection(nn.Module):
         self.model = DeformableDetrModel(config, bbox_embed=bbox_embed if config.with_box_refine else None, class_embed=class_embed)
         self.class_embed = class_embed
         self.bbox_embed = bbox_embed
-        self._criterion: nn.Module | None = None
+        matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost, focal_alpha=config.focal_alpha)
+        weights = {"loss_ce": 1.0, "loss_bbox": float(config.bbox_loss_coefficient), "loss_giou": float(config.giou_loss_coefficient)}
+        self.criterion = SetCriterion(config.num_labels, matcher, weight_dict=weights, focal_alpha=config.focal_alpha)
 
     def freeze_backbone(self) -> None:
         """Stop training every backbone parameter."""
@@ -361,8 +365,39 @@ class DeformableDetrForObjectDetection(nn.Module):
         )
 
     # ------------------------------------------------------------------------------- loss
-    def compute_loss(self, classes, boxes, labels, outputs):  # replaced below once the criterion is wired
-        raise NotImplementedError
+    def compute_loss(
+        self,
+        classes: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: list[dict[str, torch.Tensor]],
+        outputs: DeformableDetrModelOutput,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+        """The training loss of ``forward``'s predictions.
+
+        Args:
+            classes: ``[D, B, Q, K]`` and boxes ``[D, B, Q, 4]``: every decoder layer's predictions.
+            labels: per image ``{"class_labels", "boxes"}``.
+            outputs: the model output (two-stage proposals are supervised class-agnostically).
+
+        Returns:
+            ``(loss, loss_dict, auxiliary_outputs)``. The weights are those of ``transformers``
+            (``loss_ce`` 1, ``loss_bbox`` ``bbox_loss_coefficient``, ``loss_giou``
+            ``giou_loss_coefficient``, the same for every ``_i`` auxiliary term); two-stage adds the
+            paper's encoder-proposal terms (suffix ``_enc``), which ``transformers`` leaves out.
+        """
+        if not isinstance(labels, (list, tuple)) or len(labels) != classes.shape[1]:
+            raise ValueError(f"labels must be a list of {classes.shape[1]} dicts (one per image), got {type(labels).__name__}")
+        device = classes.device
+        targets = [{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in target.items()} for target in labels]
+        predictions: dict[str, Any] = {"logits": classes[-1], "pred_boxes": boxes[-1]}
+        auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(classes[:-1], boxes[:-1])]
+            predictions["auxiliary_outputs"] = auxiliary_outputs
+        if self.config.two_stage:
+            predictions["enc_outputs"] = {"logits": outputs.enc_outputs_class, "pred_boxes": outputs.enc_outputs_coord_logits.sigmoid()}
+        loss, loss_dict = self.criterion(predictions, targets)
+        return loss, loss_dict, auxiliary_outputs
 
     # ------------------------------------------------------------------------- checkpoints
     @classmethod
