@@ -97,6 +97,11 @@ def channel_layout(shape: tuple[int, ...], input_data_format: Optional[ChannelLa
         layout = "first"
     elif shape[-1] in (1, 3):
         layout = "last"
+    elif 4 in (shape[0], shape[-1]):
+        raise ValueError(
+            f"images[{index}] has 4 channels (shape {tuple(shape)}): RGBA images are not accepted, convert "
+            "them to RGB first (e.g. image.convert('RGB') or array[..., :3])"
+        )
     else:
         raise ValueError(
             f"images[{index}] has shape {tuple(shape)}: no channel axis of size 1 or 3 at either end. "
