@@ -11,7 +11,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from detr_blocks._common import build_module, check_padding_mask, check_valid_ratios, feed_forward, shape_list
+from detr_blocks._common import build_module, check_padding_mask, check_valid_ratios, feed_forward
 from detr_blocks.activation import get_activation
 from detr_blocks.attention import MultiheadSelfAttention
 from detr_blocks.functional import refine_boxes
@@ -216,7 +216,9 @@ class DeformableDecoder(nn.Module):
         batch, queries, _ = hidden_states.shape
         if reference_points.dim() != 3 or tuple(reference_points.shape[:2]) != (batch, queries) or reference_points.shape[-1] not in (2, 4):
             raise ValueError(f"reference_points must have shape [B={batch}, Q={queries}, 2 or 4], got {tuple(reference_points.shape)}")
-        levels = len(shape_list(spatial_shapes))
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[-1] != 2:
+            raise ValueError(f"spatial_shapes must have shape [L, 2] (H, W), got {tuple(spatial_shapes.shape)}")
+        levels = spatial_shapes.shape[0]
         if valid_ratios is None:
             valid_ratios = hidden_states.new_ones(batch, levels, 2)
         check_valid_ratios(valid_ratios, levels, batch)

@@ -172,6 +172,7 @@ class DeformableEncoder(nn.Module):
         position_embeddings: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        spatial_shapes_list: Sequence[tuple[int, int]] | None = None,
     ) -> DeformableEncoderOutput:
         """Args:
             hidden_states: ``[B, S, C]`` flattened multi-scale features.
@@ -180,13 +181,16 @@ class DeformableEncoder(nn.Module):
             position_embeddings: ``[B, S, C]`` (position + level embedding).
             padding_mask: bool ``[B, S]``, True = padding.
             output_hidden_states: also return the input and every layer's output.
+            spatial_shapes_list: the same (H, W) as python ints, when the caller has them; saves a
+                device-to-host copy and keeps ``torch.compile``/``torch.export`` graphs free of
+                data-dependent shapes. Default: read from ``spatial_shapes``.
 
         Returns:
             ``DeformableEncoderOutput``.
         """
         if hidden_states.dim() != 3:
             raise ValueError(f"hidden_states must have shape [B, S, C], got {tuple(hidden_states.shape)}")
-        shapes = shape_list(spatial_shapes)
+        shapes = shape_list(spatial_shapes if spatial_shapes_list is None else spatial_shapes_list)
         batch, length, _ = hidden_states.shape
         if sum(h * w for h, w in shapes) != length:
             raise ValueError(f"hidden_states has S={length} positions but spatial_shapes {shapes} add up to {sum(h * w for h, w in shapes)}")

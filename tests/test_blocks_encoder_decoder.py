@@ -126,6 +126,9 @@ def test_encoder_stack_and_reference_points_match_transformers():
     )
     out = ours(memory, spatial, start, ratios, pos, mask, output_hidden_states=True)
     torch.testing.assert_close(out.last_hidden_state, expected.last_hidden_state)
+    with_list = ours(memory, spatial, start, ratios, pos, mask, spatial_shapes_list=SHAPES)
+    torch.testing.assert_close(with_list.last_hidden_state, expected.last_hidden_state)
+    assert with_list.hidden_states is None
     assert len(out.hidden_states) == len(expected.hidden_states) == 3
     for a, b in zip(out.hidden_states, expected.hidden_states):
         torch.testing.assert_close(a, b)
