@@ -32,6 +32,15 @@ def shape_list(spatial_shapes: torch.Tensor | Sequence[Sequence[int]]) -> list[t
     return shapes
 
 
+def check_layer_args(d_model: int, ffn_dim: int, **probabilities: float) -> None:
+    """Widths must be positive ints and dropout probabilities in [0, 1)."""
+    if not isinstance(d_model, int) or not isinstance(ffn_dim, int) or d_model < 1 or ffn_dim < 1:
+        raise ValueError(f"d_model and ffn_dim must be positive ints, got {d_model!r} and {ffn_dim!r}")
+    for name, p in probabilities.items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}")
+
+
 def check_valid_ratios(valid_ratios: torch.Tensor, levels: int, batch: int | None = None) -> None:
     ok = isinstance(valid_ratios, torch.Tensor) and valid_ratios.dim() == 3 and tuple(valid_ratios.shape[1:]) == (levels, 2)
     if not ok or (batch is not None and valid_ratios.shape[0] != batch):

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from detr_blocks._common import build_module, check_padding_mask, check_valid_ratios, feed_forward
+from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward
 from detr_blocks.activation import get_activation
 from detr_blocks.attention import MultiheadSelfAttention
 from detr_blocks.functional import refine_boxes
@@ -60,11 +60,7 @@ class DeformableDecoderLayer(nn.Module):
         activation: str | Callable[[torch.Tensor], torch.Tensor] = "relu",
     ) -> None:
         super().__init__()
-        if not isinstance(d_model, int) or not isinstance(ffn_dim, int) or d_model < 1 or ffn_dim < 1:
-            raise ValueError(f"d_model and ffn_dim must be positive ints, got {d_model!r} and {ffn_dim!r}")
-        for name, p in (("dropout", dropout), ("activation_dropout", activation_dropout), ("attention_dropout", attention_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        check_layer_args(d_model, ffn_dim, dropout=dropout, activation_dropout=activation_dropout, attention_dropout=attention_dropout)
         if self_attn is None:
             self.self_attn = MultiheadSelfAttention(d_model, num_heads, dropout=attention_dropout)
         else:

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from detr_blocks._common import build_module, check_padding_mask, check_valid_ratios, feed_forward, shape_list
+from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward, shape_list
 from detr_blocks.activation import get_activation
 from msda import MultiScaleDeformableAttention
 
@@ -90,11 +90,7 @@ class DeformableEncoderLayer(nn.Module):
         activation: str | Callable[[torch.Tensor], torch.Tensor] = "relu",
     ) -> None:
         super().__init__()
-        if not isinstance(d_model, int) or not isinstance(ffn_dim, int) or d_model < 1 or ffn_dim < 1:
-            raise ValueError(f"d_model and ffn_dim must be positive ints, got {d_model!r} and {ffn_dim!r}")
-        for name, p in (("dropout", dropout), ("activation_dropout", activation_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        check_layer_args(d_model, ffn_dim, dropout=dropout, activation_dropout=activation_dropout)
         if self_attn is None:
             self.self_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points)
         else:
@@ -153,6 +149,9 @@ class DeformableEncoder(nn.Module):
         layers: the layers, applied in order (e.g. ``[DeformableEncoderLayer(...) for _ in range(6)]``).
             Each is called as ``layer(hidden_states, reference_points, spatial_shapes,
             level_start_index, position_embeddings, padding_mask)``.
+
+    As the paper's code, the stack applies no dropout to its input and does not clamp inf/NaN
+    activations (Hugging Face's encoder does both in training; in eval the outputs agree).
 
     Submodules: ``layers`` (ModuleList).
     """
