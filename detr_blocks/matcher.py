@@ -73,13 +73,16 @@ class HungarianMatcher(nn.Module):
                 f"logits hold {int(torch.isnan(logits).sum())} NaN values, so the matching cost is undefined; "
                 "the model has most likely diverged (lower the learning rate, clip gradients, check fp16 overflow)"
             )
+        # at least fp32: half-precision costs (under autocast) would make near-ties arbitrary
+        dtype = torch.promote_types(pred_boxes.dtype, torch.float32)
+        logits, pred_boxes, boxes = logits.to(dtype), pred_boxes.to(dtype), boxes.to(dtype)
         prob = logits.sigmoid()
         alpha, gamma = self.focal_alpha, self.focal_gamma
         negative = (1 - alpha) * prob**gamma * -(1 - prob + 1e-8).log()
         positive = alpha * (1 - prob) ** gamma * -(prob + 1e-8).log()
         class_cost = positive[:, labels] - negative[:, labels]
-        bbox_cost = torch.cdist(pred_boxes, boxes.to(pred_boxes.dtype), p=1)
-        giou_cost = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(boxes.to(pred_boxes.dtype)))
+        bbox_cost = torch.cdist(pred_boxes, boxes, p=1)
+        giou_cost = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(boxes))
         cost = self.bbox_cost * bbox_cost + self.class_cost * class_cost + self.giou_cost * giou_cost
         if not torch.isfinite(cost).all():
             parts = [name for name, part in (("class", class_cost), ("L1 box", bbox_cost), ("GIoU", giou_cost)) if not torch.isfinite(part).all()]

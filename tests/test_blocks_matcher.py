@@ -72,6 +72,17 @@ def test_matches_transformers_matcher():
         assert r1.tolist() == r2.tolist() and c1.tolist() == c2.tolist()
 
 
+def test_half_precision_predictions_are_matched_in_fp32():
+    outputs, targets = random_problem(2, 6, [3, 4], 4, 11)
+    half = {k: v.half() for k, v in outputs.items()}
+    matcher = HungarianMatcher()
+    cost = matcher.cost_matrix(half["logits"][0], half["pred_boxes"][0], targets[0]["class_labels"], targets[0]["boxes"])
+    assert cost.dtype == torch.float32
+    expected = independent_cost(half["logits"][0].float(), half["pred_boxes"][0].float(), targets[0]["class_labels"], targets[0]["boxes"])
+    torch.testing.assert_close(cost.double(), expected, rtol=1e-5, atol=1e-5)
+    assert len(matcher(half, targets)[1][0]) == 4
+
+
 def test_all_empty_targets():
     outputs, targets = random_problem(2, 5, [0, 0], 3, 4)
     for rows, cols in HungarianMatcher()(outputs, targets):
