@@ -11,8 +11,7 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward
-from detr_blocks.activation import get_activation
+from detr_blocks._common import add_feed_forward, build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward
 from detr_blocks.attention import MultiheadSelfAttention
 from detr_blocks.functional import refine_boxes
 from msda import MultiScaleDeformableAttention
@@ -71,12 +70,7 @@ class DeformableDecoderLayer(nn.Module):
         else:
             self.encoder_attn = build_module("encoder_attn", encoder_attn)
         self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
-        self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, d_model)
-        self.final_layer_norm = nn.LayerNorm(d_model)
-        self.activation = get_activation(activation)
-        self.dropout = dropout
-        self.activation_dropout = activation_dropout
+        add_feed_forward(self, d_model, ffn_dim, activation, dropout, activation_dropout)
         self.d_model = d_model
 
     def forward(

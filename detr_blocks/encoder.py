@@ -17,8 +17,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward, shape_list
-from detr_blocks.activation import get_activation
+from detr_blocks._common import add_feed_forward, build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward, shape_list
 from msda import MultiScaleDeformableAttention
 
 
@@ -96,12 +95,7 @@ class DeformableEncoderLayer(nn.Module):
         else:
             self.self_attn = build_module("self_attn", self_attn)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        self.fc1 = nn.Linear(d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, d_model)
-        self.final_layer_norm = nn.LayerNorm(d_model)
-        self.activation = get_activation(activation)
-        self.dropout = dropout
-        self.activation_dropout = activation_dropout
+        add_feed_forward(self, d_model, ffn_dim, activation, dropout, activation_dropout)
         self.d_model = d_model
 
     def forward(
