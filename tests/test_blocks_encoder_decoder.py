@@ -159,6 +159,21 @@ def test_decoder_stack_matches_transformers(refine, ref_dim):
     assert out.intermediate_hidden_states.shape == (2, 3, 5, D)
 
 
+def test_two_stage_decoder_state_dict_matches_transformers_layout():
+    """Two-stage: one extra class and box head (for the proposals), held by the decoder."""
+    theirs = hf.DeformableDetrDecoder(hf_config(layers=2))
+    theirs.bbox_embed = nn.ModuleList(hf.DeformableDetrMLPPredictionHead(D, D, 4, 3) for _ in range(3))
+    theirs.class_embed = nn.ModuleList(nn.Linear(D, 7) for _ in range(3))
+    class_embed = nn.ModuleList(nn.Linear(D, 7) for _ in range(3))
+    ours = DeformableDecoder(
+        [DeformableDecoderLayer(D, 20, num_heads=HEADS, num_levels=2, num_points=2) for _ in range(2)],
+        bbox_embed=[MLP(D, D, 4, 3) for _ in range(3)],
+        class_embed=class_embed,
+    )
+    assert ours.class_embed is class_embed  # shared with the model, not copied
+    ours.load_state_dict(theirs.state_dict())  # strict: every name lines up
+
+
 def test_refinement_on_off_semantics():
     torch.manual_seed(5)
     memory, pos, mask, ratios, spatial, start = padded_inputs()
