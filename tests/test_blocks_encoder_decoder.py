@@ -292,3 +292,24 @@ def test_input_errors_name_the_argument():
         DeformableEncoderLayer(D, 8, self_attn=3)
     with pytest.raises(ValueError, match="dropout"):
         DeformableDecoderLayer(D, 8, dropout=1.5)
+
+
+@pytest.mark.parametrize("mode", ["autocast", "bf16_weights"])
+def test_low_precision_runs_and_stays_close(mode):
+    torch.manual_seed(8)
+    memory, pos, mask, ratios, spatial, start = padded_inputs()
+    encoder, decoder = our_encoder().eval(), our_decoder(refine=True).eval()
+    query, query_pos, ref = torch.randn(2, 4, D), torch.randn(2, 4, D), torch.rand(2, 4, 2)
+    encoded = encoder(memory, spatial, start, ratios, pos, mask).last_hidden_state
+    expected = decoder(query, ref, encoded, spatial, start, ratios, query_pos, mask).last_hidden_state
+    if mode == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoded = encoder(memory, spatial, start, ratios, pos, mask).last_hidden_state
+            out = decoder(query, ref, encoded, spatial, start, ratios, query_pos, mask).last_hidden_state
+    else:
+        bf16 = lambda t: t.to(torch.bfloat16)
+        encoder, decoder = encoder.to(torch.bfloat16), decoder.to(torch.bfloat16)
+        encoded = encoder(bf16(memory), spatial, start, bf16(ratios), bf16(pos), mask).last_hidden_state
+        out = decoder(bf16(query), bf16(ref), encoded, spatial, start, bf16(ratios), bf16(query_pos), mask).last_hidden_state
+        assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.15)
