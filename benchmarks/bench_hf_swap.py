@@ -1,0 +1,125 @@
+"""Whole-model CPU speed-up of ``msda.integrations.hf.enable`` on a transformers Deformable DETR.
+
+Builds ``transformers.DeformableDetrForObjectDetection`` with its default (paper) configuration
+and a timm ResNet-50 backbone, all with random weights (nothing is downloaded), and times one
+forward pass on a batch of one 800x1066 image with transformers' own attention and with ours,
+alternating the two so machine load hits both alike. Prints the ratio and writes
+``docs/benchmarks/hf_swap.md``.
+
+    python benchmarks/bench_hf_swap.py [--repeats 3] [--threads 2] [--height 800 --width 1066]
+
+Until the compiled kernel is available the op falls back to the pure-PyTorch reference, and the
+ratio is about 1; the report says which implementation ran (``msda.active_implementation()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import msda  # noqa: E402
+from msda.integrations import hf  # noqa: E402
+
+
+def build_model() -> torch.nn.Module:
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    config = DeformableDetrConfig(use_timm_backbone=True, backbone="resnet50", use_pretrained_backbone=False)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DeformableDetrForObjectDetection(config).eval()
+
+
+def time_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[float, torch.Tensor]:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        outputs = model(pixel_values=pixel_values)
+        return time.perf_counter() - start, outputs.logits
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per variant, after one warm-up each")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1066)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "hf_swap.md")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be positive")
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    implementation = msda.active_implementation("cpu")
+    print(f"msda implementation on cpu: {implementation.name} ({implementation.reason})")
+    model = build_model()
+    pixel_values = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
+
+    times: dict[str, list[float]] = {"transformers": [], "msda": []}
+    logits: dict[str, torch.Tensor] = {}
+    for round_index in range(args.repeats + 1):  # round 0 is the warm-up
+        for variant in ("transformers", "msda"):
+            (hf.enable if variant == "msda" else hf.disable)(model)
+            seconds, logits[variant] = time_forward(model, pixel_values)
+            if round_index > 0:
+                times[variant].append(seconds)
+            print(f"  {'warm-up' if round_index == 0 else f'run {round_index}'} {variant:12s} {seconds:7.3f} s")
+    hf.disable(model)
+
+    median = {variant: statistics.median(values) for variant, values in times.items()}
+    ratio = median["transformers"] / median["msda"]
+    difference = (logits["transformers"] - logits["msda"]).abs().max().item()
+    print(f"transformers forward: {median['transformers']:.3f} s, with msda: {median['msda']:.3f} s, speed-up x{ratio:.2f}")
+    print(f"max |logits difference|: {difference:.2e}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        "\n".join(
+            [
+                "## transformers Deformable DETR with and without `msda.integrations.hf.enable`",
+                "",
+                f"Whole `DeformableDetrForObjectDetection` forward (default config, timm ResNet-50, random weights), "
+                f"batch 1, {args.height}x{args.width}, CPU, {args.threads} threads, median of {args.repeats} runs after a warm-up, "
+                "the two variants alternated. Produced by `python benchmarks/bench_hf_swap.py`.",
+                "",
+                "| attention | forward (s) | speed-up |",
+                "|---|---:|---:|",
+                f"| transformers (grid_sample) | {median['transformers']:.3f} | 1.00 |",
+                f"| msda ({implementation.name}) | {median['msda']:.3f} | {ratio:.2f} |",
+                "",
+                f"- msda implementation: `{implementation.name}` ({implementation.reason})",
+                f"- max abs difference of the logits: {difference:.2e}",
+                f"- {cpu_name()}; torch {torch.__version__}; transformers {transformers.__version__}; "
+                f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+                "",
+            ]
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
