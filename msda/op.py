@@ -59,11 +59,17 @@ def register_python_side() -> None:
         _registered = True
 
 
+@torch.compiler.assume_constant_result
 def compiled_op_available(device_type: str) -> bool:
-    """True when ``torch.ops.msda.ms_deform_attn`` has a compiled kernel for ``device_type``."""
+    """True when ``torch.ops.msda.ms_deform_attn`` has a compiled kernel for ``device_type``.
+
+    torch.compile / torch.export run this once while tracing and keep the answer, so a first call
+    under compile may build the extension without the build being traced.
+    """
     if not loader.is_compiled(device_type):
         return False
-    register_python_side()
+    if not _registered:
+        register_python_side()
     return True
 
 
