@@ -203,26 +203,30 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
             processed.append(array)
 
         data: dict[str, Any] = {}
+        channels_first = data_format == "channels_first"
         if options.do_pad:
             padded_size = _padded_size(processed, options.pad_size)
-            pixel_values, pixel_masks = [], []
+            # One canvas for the whole batch, written once in the output layout (no later stack/transpose).
+            shape = (len(processed), 3, *padded_size) if channels_first else (len(processed), *padded_size, 3)
+            canvas = np.zeros(shape, dtype=np.result_type(*processed))
+            pixel_mask = np.zeros((len(processed), *padded_size), dtype=np.int64)
             for index, array in enumerate(processed):
                 height, width = array.shape[:2]
-                canvas = np.zeros((*padded_size, 3), dtype=array.dtype)
-                canvas[:height, :width] = array
-                mask = np.zeros(padded_size, dtype=np.int64)
-                mask[:height, :width] = 1
-                pixel_values.append(canvas)
-                pixel_masks.append(mask)
+                if channels_first:
+                    canvas[index, :, :height, :width] = array.transpose(2, 0, 1)
+                else:
+                    canvas[index, :height, :width] = array
+                pixel_mask[index, :height, :width] = 1
                 if targets is not None:
                     targets[index] = pad_target(
                         targets[index], (height, width), padded_size, options.do_convert_annotations, _pad_masks
                     )
-            data["pixel_mask"] = pixel_masks
+            pixel_values = canvas if return_tensors else list(canvas)
+            data["pixel_mask"] = pixel_mask if return_tensors else list(pixel_mask)
+        elif channels_first:
+            pixel_values = [np.ascontiguousarray(array.transpose(2, 0, 1)) for array in processed]
         else:
             pixel_values = processed
-        if data_format == "channels_first":
-            pixel_values = [np.ascontiguousarray(array.transpose(2, 0, 1)) for array in pixel_values]
         data = {"pixel_values": pixel_values, **data}
         if targets is not None:
             data["labels"] = targets
