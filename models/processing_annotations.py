@@ -158,6 +158,7 @@ def prepare_coco_detection(
         "area": np.asarray([obj["area"] for obj in objects], dtype=np.float32).reshape(-1)[keep],
         "iscrowd": np.zeros(int(keep.sum()), dtype=np.int64),
         "orig_size": np.asarray([height, width], dtype=np.int64),
+        "size": np.asarray([height, width], dtype=np.int64),
     }
     with_keypoints = [obj for obj in objects if "keypoints" in obj]
     if with_keypoints:

@@ -288,3 +288,28 @@ def test_slow_and_fast_agree(photos, tmp_path):
             assert (slow["labels"][0][key] != fast["labels"][0][key]).float().mean() <= 1e-3
         else:
             assert_close(slow["labels"][0][key], fast["labels"][0][key], what=key)
+
+
+@pytest.mark.parametrize("speed", ["slow", "fast"])
+def test_keypoints_and_equal_size_batch_parity(photos, speed):
+    """Keypoints pass through (filtered with their boxes); a 4-D batch of equal-size images."""
+    image = photos["astronaut"]
+    batch = np.stack([image, image[::-1].copy(), image[:, ::-1].copy()])
+    annotations = []
+    for image_id in range(3):
+        annotation = detection_annotation(image_id, *image.shape[:2], crowd=False)
+        for n, obj in enumerate(annotation["annotations"]):
+            obj["keypoints"] = [10.0 + n, 20.0 + image_id, 2, 30.0, 40.0, 1]
+        annotations.append(annotation)
+    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    inputs = batch if speed == "slow" else torch.from_numpy(batch).permute(0, 3, 1, 2)
+    ours = ours_cls()(inputs, annotations=copy.deepcopy(annotations), size=SMALL, return_tensors="pt")
+    theirs = quiet(ref_cls(), inputs, annotations=copy.deepcopy(annotations), size=SMALL, return_tensors="pt")
+    assert_same_outputs(ours, theirs)
+    assert tuple(ours["labels"][0]["keypoints"].shape) == (8, 3)  # 4 kept objects x 2 keypoints
+
+
+def test_size_label_without_resize_or_padding(photos):
+    for cls in (DeformableDetrImageProcessor, DeformableDetrImageProcessorFast):
+        out = cls()(photos["chelsea"], annotations=detection_annotation(1, 300, 451), do_resize=False, do_pad=False)
+        assert to_numpy(out["labels"][0]["size"]).tolist() == [300, 451]
