@@ -218,10 +218,17 @@ class DeformableDetrModel(nn.Module):
         ratios = torch.stack([compute_valid_ratios(mask, dtype=source_flatten.dtype) for mask in padding], 1)
 
         encoded = self.encoder(
-            source_flatten, spatial_shapes, level_start_index, ratios, position_flatten, padding_flatten, output_hidden_states=output_hidden_states
+            source_flatten,
+            spatial_shapes,
+            level_start_index,
+            ratios,
+            position_flatten,
+            padding_flatten,
+            output_hidden_states=output_hidden_states,
+            spatial_shapes_list=spatial_shapes_list,
         )
         memory = encoded.last_hidden_state
-        batch, _, width = memory.shape
+        batch, width = memory.shape[0], self.config.d_model
 
         enc_outputs_class = enc_outputs_coord_logits = None
         if self.config.two_stage:
