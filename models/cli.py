@@ -1,0 +1,548 @@
+"""The ``deformable-detr`` command line (also ``python -m models``).
+
+Commands:
+    detect     boxes for images: one annotated PNG and one JSON per image
+    train      train on a COCO-format dataset (one process, or many with torchrun)
+    eval       COCO metrics of a checkpoint on a COCO-format dataset (metrics.json)
+    demo       the embedded end-to-end demo on synthetic data
+    make-data  write the embedded synthetic dataset in COCO format
+
+Run ``deformable-detr COMMAND --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+VARIANTS = {
+    "deformable_detr": {},
+    "single_scale": {"num_feature_levels": 1},
+    "single_scale_dc5": {"num_feature_levels": 1, "dilation": True},
+    "box_refine": {"with_box_refine": True},
+    "two_stage": {"with_box_refine": True, "two_stage": True},
+}
+
+# command-line flag -> DeformableDetrConfig field
+_MODEL_FLAGS = {
+    "backbone": "backbone",
+    "pretrained_backbone": "use_pretrained_backbone",
+    "num_feature_levels": "num_feature_levels",
+    "d_model": "d_model",
+    "enc_layers": "encoder_layers",
+    "dec_layers": "decoder_layers",
+    "heads": None,  # both encoder and decoder heads
+    "ffn_dim": None,  # both encoder and decoder feed-forward widths
+    "n_points": None,  # both encoder and decoder points
+    "num_queries": None,  # queries and two-stage proposals
+    "with_box_refine": "with_box_refine",
+    "two_stage": "two_stage",
+    "dilation": "dilation",
+    "dropout": "dropout",
+    "aux_loss": "auxiliary_loss",
+}
+
+# command-line flag -> TrainingArgs field
+_TRAIN_FLAGS = (
+    "epochs", "lr_drop", "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "batch_size",
+    "eval_batch_size", "num_workers", "seed", "image_size", "max_size", "flip", "multiscale", "amp", "device", "resume",
+    "eval_every", "max_steps_per_epoch", "train_split", "val_split", "progress", "train_backbone_stem",
+    "find_unused_parameters",
+)
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------- parser
+def _add_model_flags(parser: argparse.ArgumentParser, for_training: bool) -> None:
+    group = parser.add_argument_group(
+        "model" if for_training else "model (only for an original .pth without 'args')",
+        "Deformable DETR config fields; --config JSON gives any of them, flags override it",
+    )
+    group.add_argument("--config", metavar="JSON", help="a DeformableDetrConfig JSON file (config.json layout)")
+    group.add_argument("--variant", choices=sorted(VARIANTS), help="paper variant (box_refine, two_stage, ...)")
+    group.add_argument("--backbone", help="resnet18/34/50/101 or a timm model name")
+    group.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction, default=None,
+                       help="start from ImageNet weights found in the local torch/timm cache (never downloaded)")
+    group.add_argument("--out-indices", type=int, nargs="+", metavar="STAGE", help="backbone stages (1-4) feeding the transformer")
+    group.add_argument("--num-feature-levels", type=int)
+    group.add_argument("--d-model", type=int)
+    group.add_argument("--enc-layers", type=int)
+    group.add_argument("--dec-layers", type=int)
+    group.add_argument("--heads", type=int, help="attention heads (encoder and decoder)")
+    group.add_argument("--ffn-dim", type=int, help="feed-forward width (encoder and decoder)")
+    group.add_argument("--n-points", type=int, help="sampling points per head and level (encoder and decoder)")
+    group.add_argument("--num-queries", type=int, help="object queries (also two-stage proposals)")
+    group.add_argument("--with-box-refine", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--two-stage", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--dilation", action=argparse.BooleanOptionalAction, default=None, help="DC5")
+    group.add_argument("--dropout", type=float)
+    group.add_argument("--aux-loss", action=argparse.BooleanOptionalAction, default=None, help="auxiliary decoding losses")
+
+
+def _add_image_size_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, help="short side to resize to (default: the checkpoint's preprocessor_config.json, else 800)")
+    parser.add_argument("--max-size", type=int, help="longest side after resizing (default: the checkpoint's, else 1333)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deformable-detr",
+        description="Deformable DETR: detect, train, evaluate, and an embedded end-to-end demo.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'deformable-detr COMMAND --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    # detect
+    p = sub.add_parser("detect", help="detect objects in images; write annotated PNGs and JSON",
+                       description="Detect objects in images. Writes OUT/<image>.png (boxes, labels and scores drawn) "
+                                   "and OUT/<image>.json (boxes as x0, y0, x1, y1 pixels) for every image.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a Hugging Face-layout directory, a training output folder, a training_state.pt, or an original .pth")
+    p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
+    p.add_argument("--top-k", type=int, default=100, help="at most this many detections per image (default 100)")
+    p.add_argument("--out", default="detections", metavar="DIR", help="output folder (default ./detections)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _add_image_size_flags(p)
+    _add_model_flags(p, for_training=False)
+
+    # train
+    p = sub.add_parser("train", help="train on a COCO-format dataset",
+                       description="Train Deformable DETR on a COCO-format dataset (images/ + annotations JSON for "
+                                   "train and val). Defaults are the paper's recipe; --preset demo is the small CPU recipe "
+                                   "of the embedded demo. Launch with torchrun for several processes (NCCL on GPUs, gloo on CPUs).")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (see docs/cli.md for the layouts)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: training_state.pt, model/, metrics.jsonl, metrics.json")
+    p.add_argument("--preset", choices=("paper", "demo"), default="paper", help="starting point for every setting (default paper)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, help="default 50")
+    t.add_argument("--lr-drop", type=int, help="epochs between x0.1 learning-rate drops (default 40)")
+    t.add_argument("--lr", type=float, help="default 2e-4")
+    t.add_argument("--lr-backbone", type=float, help="default 2e-5")
+    t.add_argument("--lr-linear-proj-mult", type=float, help="factor for sampling_offsets / reference_points (default 0.1)")
+    t.add_argument("--weight-decay", type=float, help="default 1e-4")
+    t.add_argument("--clip-max-norm", type=float, help="gradient clipping norm, 0 = off (default 0.1)")
+    t.add_argument("--batch-size", type=int, help="images per process and step (default 4)")
+    t.add_argument("--eval-batch-size", type=int)
+    t.add_argument("--num-workers", type=int, help="data-loading processes (default 2)")
+    t.add_argument("--seed", type=int, help="default 42")
+    t.add_argument("--image-size", type=int, help="largest short side of the multi-scale recipe (default 800)")
+    t.add_argument("--max-size", type=int, help="longest side (default 1333)")
+    t.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip (default on)")
+    t.add_argument("--multiscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="multi-scale resize and random crop (default on); off: fixed resize to --image-size")
+    t.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision (auto: on for GPUs)")
+    t.add_argument("--device", help="cpu, cuda or auto (default)")
+    t.add_argument("--resume", metavar="PATH", help="training_state.pt (or the output folder holding it) to continue from")
+    t.add_argument("--eval-every", type=int, help="evaluate every N epochs (default 1)")
+    t.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke tests)")
+    t.add_argument("--train-split", help="default train")
+    t.add_argument("--val-split", help="default val")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default on)")
+    t.add_argument("--train-backbone-stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train the ResNet stem and first stage (frozen in the paper's recipe)")
+    t.add_argument("--find-unused-parameters", action=argparse.BooleanOptionalAction, default=None, help="DDP option")
+    _add_model_flags(p, for_training=True)
+
+    # eval
+    p = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset",
+                       description="Evaluate a checkpoint on a COCO-format split with pycocotools; prints the COCO summary "
+                                   "and writes OUT/metrics.json (AP, AP50, AP75, APs, APm, APl, AR...). With --predictions, "
+                                   "scores a COCO results JSON instead of running a model.")
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--checkpoint", metavar="PATH", help="model to evaluate (see detect --help)")
+    p.add_argument("--predictions", metavar="JSON", help="a COCO results file to score instead of a checkpoint")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--out", default="eval", metavar="DIR", help="output folder (default ./eval)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    _add_image_size_flags(p)
+    _add_model_flags(p, for_training=False)
+
+    # demo
+    p = sub.add_parser("demo", help="the embedded end-to-end demo (synthetic data, no downloads)",
+                       description="Generate the synthetic shapes dataset, load the committed demo detector (trained by "
+                                   "'deformable-detr train --preset demo'; or train one now with --train), evaluate it on "
+                                   "held-out images and write annotated PNGs, JSON and metrics.json to OUT.")
+    p.add_argument("--out", default="demo_output", metavar="DIR", help="output folder (default ./demo_output)")
+    p.add_argument("--train", action="store_true", help="train a new detector with the demo recipe instead of using the committed one (slow on CPUs)")
+    p.add_argument("--checkpoint", metavar="PATH", help="use this detector instead of the committed one")
+    p.add_argument("--num-images", type=int, default=8, help="held-out images to draw detections on (default 8)")
+    p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate on (default 100)")
+    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of the drawn detections")
+    p.add_argument("--epochs", type=int, help="with --train: epochs (default: the demo recipe's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", default="auto")
+
+    # make-data
+    p = sub.add_parser("make-data", help="write the embedded synthetic dataset (COCO format)",
+                       description="Write the synthetic shapes dataset: OUT/images/<split>/*.png and OUT/annotations/<split>.json. "
+                                   "Deterministic from --seed.")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--preset", choices=("demo", "default"), default="demo", help="image settings (default demo: 128 px, 3 classes)")
+    p.add_argument("--train", type=int, default=None, help="training images (default 2000)")
+    p.add_argument("--val", type=int, default=None, help="validation images (default 100)")
+    p.add_argument("--test", type=int, default=0, help="test images (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
+    p.add_argument("--image-size", type=int, help="square image side in pixels")
+    p.add_argument("--classes", nargs="+", help="shape names: circle square triangle cross ring diamond")
+    p.add_argument("--max-objects", type=int)
+    return parser
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise CliError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _model_overrides(ns: argparse.Namespace) -> Dict:
+    """Config fields set by the model flags (only those given)."""
+    out: Dict = {}
+    if getattr(ns, "variant", None):
+        out.update(VARIANTS[ns.variant])
+    for flag, field in _MODEL_FLAGS.items():
+        value = getattr(ns, flag, None)
+        if value is None:
+            continue
+        if flag == "heads":
+            out["encoder_attention_heads"] = out["decoder_attention_heads"] = value
+        elif flag == "ffn_dim":
+            out["encoder_ffn_dim"] = out["decoder_ffn_dim"] = value
+        elif flag == "n_points":
+            out["encoder_n_points"] = out["decoder_n_points"] = value
+        elif flag == "num_queries":
+            out["num_queries"] = out["two_stage_num_proposals"] = value
+        else:
+            out[field] = value
+    if getattr(ns, "out_indices", None):
+        out["backbone_kwargs"] = {"out_indices": list(ns.out_indices), "in_chans": 3}
+    return out
+
+
+def _read_config_json(path: str) -> Dict:
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"--config {path!r}: file not found")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CliError(f"--config {path!r} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CliError(f"--config {path!r} must hold a JSON object of DeformableDetrConfig fields")
+    return data
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError(f"--device {name!r}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def load_detector(path: str, ns: Optional[argparse.Namespace] = None, device: str = "cpu"):
+    """Load ``(model, processor)`` from any checkpoint the command line accepts.
+
+    ``path`` may be a Hugging Face-layout folder (``config.json`` + weights, optionally
+    ``preprocessor_config.json``), a training output folder (its ``model/``), a ``training_state.pt``,
+    or an original repository ``.pth`` (variant from its ``args``, or from ``--config``/model flags).
+    """
+    from models import DeformableDetrConfig, DeformableDetrForObjectDetection, DeformableDetrImageProcessor
+    from models.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
+
+    source = Path(path)
+    if not source.exists():
+        raise CliError(f"--checkpoint {path!r}: no such file or folder")
+    if source.is_dir() and not (source / "config.json").is_file():
+        if (source / MODEL_DIR / "config.json").is_file():
+            source = source / MODEL_DIR
+        elif (source / STATE_FILE).is_file():
+            source = source / STATE_FILE
+        else:
+            raise CliError(f"--checkpoint {path!r}: folder has no config.json, {MODEL_DIR}/config.json or {STATE_FILE}")
+
+    image_size = getattr(ns, "image_size", None) if ns is not None else None
+    max_size = getattr(ns, "max_size", None) if ns is not None else None
+    processor = None
+    try:
+        if source.is_dir():
+            model = DeformableDetrForObjectDetection.from_pretrained(source)
+            if (source / "preprocessor_config.json").is_file():
+                processor = DeformableDetrImageProcessor.from_pretrained(source)
+        elif source.name == STATE_FILE or source.suffix == ".pt" and _is_training_state(source):
+            state = load_training_state(source)
+            config = DeformableDetrConfig.from_dict(state["config"]).copy(use_pretrained_backbone=False)
+            model = DeformableDetrForObjectDetection(config)
+            model.load_state_dict(state["model"])
+            model.eval()
+            train_args = state.get("train_args", {})
+            processor = make_processor(train_args.get("image_size", 800), train_args.get("max_size", 1333))
+        else:
+            config = None
+            overrides = _model_overrides(ns) if ns is not None else {}
+            if ns is not None and getattr(ns, "config", None):
+                config = DeformableDetrConfig.from_dict({**_read_config_json(ns.config), **overrides})
+            elif overrides:
+                config = DeformableDetrConfig(**overrides)
+            if config is not None:
+                from models import checkpoints
+
+                original, _ = checkpoints.read_original_checkpoint(source)
+                converted, _ = checkpoints.convert_original_state_dict(original)
+                config = config.copy(num_labels=checkpoints.original_num_labels(converted))
+            model = DeformableDetrForObjectDetection.from_pretrained(source, config=config)
+    except CliError:
+        raise
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        raise CliError(f"--checkpoint {path!r}: cannot load it: {err}") from err
+
+    if processor is None or image_size is not None or max_size is not None:
+        base = processor.size if processor is not None else {"shortest_edge": 800, "longest_edge": 1333}
+        processor = make_processor(image_size or base.get("shortest_edge", 800), max_size or base.get("longest_edge", 1333))
+    model.to(_device(device) if isinstance(device, str) else device)
+    model.eval()
+    return model, processor
+
+
+def _is_training_state(path: Path) -> bool:
+    from models.training import STATE_FORMAT
+
+    try:
+        import torch
+
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return isinstance(data, dict) and data.get("format") == STATE_FORMAT
+
+
+def _open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"image {path!r}: file not found")
+    try:
+        with Image.open(file) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise CliError(f"image {path!r} cannot be read: {err}") from err
+
+
+def detect_images(model, processor, paths: Sequence[str], out: Path, threshold: float, top_k: int, device, batch_size: int = 4) -> List[Path]:
+    """Run the detector on image files, writing one PNG and one JSON per image into ``out``."""
+    from tqdm.auto import tqdm
+
+    from models.detection_io import detection_record, unique_stems, write_detection_files
+    from models.evaluation import predict_images
+
+    if not 0.0 <= threshold <= 1.0:
+        raise CliError(f"--threshold must be in [0, 1], got {threshold}")
+    if top_k < 1:
+        raise CliError(f"--top-k must be >= 1, got {top_k}")
+    images = [_open_image(p) for p in paths]  # check every file before any work
+    stems = unique_stems(paths)
+    id2label = getattr(model.config, "id2label", None)
+    written: List[Path] = []
+    for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=len(images) <= batch_size, dynamic_ncols=True):
+        chunk = images[start : start + batch_size]
+        results = predict_images(model, processor, chunk, threshold=threshold, top_k=top_k, device=device)
+        for k, (image, result) in enumerate(zip(chunk, results)):
+            record = detection_record(str(paths[start + k]), image.size[0], image.size[1], result, id2label)
+            written.extend(write_detection_files(out, stems[start + k], image, record))
+    return written
+
+
+# -------------------------------------------------------------------------------------- commands
+def cmd_detect(ns: argparse.Namespace) -> int:
+    device = _device(ns.device)
+    model, processor = load_detector(ns.checkpoint, ns, device)
+    out = Path(ns.out)
+    written = detect_images(model, processor, ns.images, out, ns.threshold, ns.top_k, device)
+    print(f"wrote {len(written) // 2} annotated PNG(s) and JSON file(s) to {out}")
+    return 0
+
+
+def build_train_setup(ns: argparse.Namespace):
+    """(TrainingArgs, DeformableDetrConfig) from the train command's flags and preset."""
+    from models import DeformableDetrConfig
+    from models.demo import DEMO_MODEL_CONFIG, DEMO_TRAIN_ARGS
+    from models.training import TrainingArgs
+
+    train_values = dict(DEMO_TRAIN_ARGS) if ns.preset == "demo" else {}
+    for name in _TRAIN_FLAGS:
+        value = getattr(ns, name, None)
+        if value is not None:
+            train_values[name] = value
+    args = TrainingArgs(data=ns.data, out=ns.out, **train_values)
+    try:
+        args.validate()
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+    if ns.config:
+        base = _read_config_json(ns.config)
+    elif ns.preset == "demo":
+        base = dict(DEMO_MODEL_CONFIG)
+    else:
+        base = {"use_pretrained_backbone": False}
+    base.update(_model_overrides(ns))
+    base.setdefault("use_pretrained_backbone", False)
+    try:
+        config = DeformableDetrConfig.from_dict(base)
+    except (ValueError, TypeError) as err:
+        raise CliError(f"model config: {err}") from err
+    return args, config
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from models.training import train
+
+    _set_threads(ns.threads)
+    args, config = build_train_setup(ns)
+    started = time.time()
+    try:
+        result = train(args, config)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    if result.get("rank", 0) == 0:
+        minutes = (time.time() - started) / 60
+        print(f"training done in {minutes:.1f} min: {result['epoch']} epochs, {result['step']} steps; model in {Path(args.out) / 'model'}")
+        if result.get("metrics"):
+            m = result["metrics"]
+            print(f"last evaluation: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from models.coco_dataset import CocoDetection, load_coco_json, resolve_split
+    from models.evaluation import coco_metrics, predict_dataset, write_metrics
+
+    if (ns.checkpoint is None) == (ns.predictions is None):
+        raise CliError("eval needs exactly one of --checkpoint and --predictions")
+    try:
+        images_dir, ann_file = resolve_split(ns.data, ns.split)
+        dataset = CocoDetection(images_dir, ann_file)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    out = Path(ns.out)
+    extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
+    if ns.predictions:
+        try:
+            detections = load_coco_json_list(ns.predictions)
+            metrics, summary = coco_metrics(dataset.coco, detections)
+        except ValueError as err:
+            raise CliError(str(err)) from err
+        extra["predictions"] = ns.predictions
+    else:
+        from tqdm.auto import tqdm
+
+        device = _device(ns.device)
+        model, processor = load_detector(ns.checkpoint, ns, device)
+        if model.config.num_labels != dataset.num_classes:
+            raise CliError(
+                f"--checkpoint {ns.checkpoint!r} predicts {model.config.num_labels} classes but {str(ann_file)!r} "
+                f"has {dataset.num_classes} categories"
+            )
+        try:
+            detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
+                                         progress=lambda it: tqdm(it, desc="eval", dynamic_ncols=True))
+        except (FileNotFoundError, ValueError) as err:
+            raise CliError(str(err)) from err
+        metrics, summary = coco_metrics(dataset.coco, detections)
+        extra["checkpoint"] = ns.checkpoint
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "detections.json").write_text(json.dumps(detections))
+    write_metrics(out / "metrics.json", metrics, extra)
+    print(summary, end="")
+    print(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  -> {out / 'metrics.json'}")
+    return 0
+
+
+def load_coco_json_list(path: str) -> list:
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--predictions {path!r}: file not found")
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--predictions {path!r} is not valid JSON: {err}") from err
+    if not isinstance(data, list):
+        raise ValueError(f"--predictions {path!r} must hold a JSON list of COCO result records")
+    return data
+
+
+def cmd_make_data(ns: argparse.Namespace) -> int:
+    import dataclasses
+
+    from models.demo import DEMO_DATA_SEED, DEMO_SPEC, DEMO_SPLITS
+    from models.synthetic_data import SyntheticSpec, write_synthetic_coco
+
+    spec = DEMO_SPEC if ns.preset == "demo" else SyntheticSpec()
+    changes = {}
+    if ns.image_size is not None:
+        changes["image_size"] = (ns.image_size, ns.image_size)
+    if ns.classes:
+        changes["classes"] = tuple(ns.classes)
+    if ns.max_objects is not None:
+        changes["max_objects"] = ns.max_objects
+    try:
+        spec = dataclasses.replace(spec, **changes)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    splits = {
+        "train": DEMO_SPLITS["train"] if ns.train is None else ns.train,
+        "val": DEMO_SPLITS["val"] if ns.val is None else ns.val,
+    }
+    if ns.test:
+        splits["test"] = ns.test
+    seed = DEMO_DATA_SEED if ns.seed is None else ns.seed
+    started = time.time()
+    written = write_synthetic_coco(ns.out, splits, spec, seed)
+    for split, (images_dir, ann) in written.items():
+        print(f"{split}: {splits[split]} images in {images_dir}, annotations {ann}")
+    print(f"done in {time.time() - started:.1f} s")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from models.demo import run_demo
+
+    _set_threads(ns.threads)
+    return run_demo(ns)
+
+
+COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "make-data": cmd_make_data}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``deformable-detr``; returns the exit status."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return COMMANDS[ns.command](ns)
+    except CliError as err:
+        print(f"deformable-detr {ns.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Loader for COCO-format detection datasets (a folder of images plus an annotations JSON).
+
+The loader checks the annotations when it is built and the image files when they are read, and every
+error names the file and the problem. COCO category ids need not be contiguous: they are mapped to
+labels ``0..K-1`` in increasing id order (:attr:`CocoDetection.category_ids`), and
+:meth:`CocoDetection.label_to_category_id` maps predictions back.
+
+Each item is ``(image, target)``: an RGB ``PIL.Image`` and a dict with
+
+- ``boxes``: float32 ``[N, 4]`` (x0, y0, x1, y1) in pixels of the image as stored,
+- ``class_labels``: int64 ``[N]`` contiguous labels,
+- ``image_id``: int, ``orig_size``: int64 ``[2]`` (height, width),
+- ``area``: float32 ``[N]``, ``iscrowd``: int64 ``[N]``.
+
+Boxes of zero width or height are dropped (they cannot be matched); crowd boxes are kept in the target
+with ``iscrowd=1`` only when ``keep_crowd=True`` (training skips them, like the reference recipe).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+BOX_TOLERANCE = 1.0
+"""Pixels a box may extend past the image border (rounding in real datasets) before it is an error."""
+
+
+def resolve_split(data_dir: str | Path, split: str) -> Tuple[Path, Path]:
+    """Find the images folder and annotations file of ``split`` under ``data_dir``.
+
+    Looks for, in order: ``images/{split}/`` + ``annotations/{split}.json`` (the synthetic layout),
+    and ``{split}2017/`` + ``annotations/instances_{split}2017.json`` (the COCO 2017 layout).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data directory {str(root)!r} does not exist or is not a directory")
+    candidates = [
+        (root / "images" / split, root / "annotations" / f"{split}.json"),
+        (root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json"),
+        (root / split, root / "annotations" / f"instances_{split}.json"),
+    ]
+    for images_dir, ann_file in candidates:
+        if images_dir.is_dir() and ann_file.is_file():
+            return images_dir, ann_file
+    tried = "; ".join(f"{i} + {a}" for i, a in candidates)
+    raise FileNotFoundError(f"no {split!r} split found in {str(root)!r}; looked for: {tried}")
+
+
+def load_coco_json(path: str | Path) -> Dict:
+    """Read and structurally check a COCO annotations file; errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotations file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"annotations file {str(path)!r} is not valid JSON: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"annotations file {str(path)!r} is not UTF-8 text: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"annotations file {str(path)!r}: expected a JSON object at the top, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"annotations file {str(path)!r}: missing or non-list key {key!r}")
+    return data
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format detection dataset.
+
+    Args:
+        images_dir: folder holding the files named by ``images[*].file_name``.
+        annotations_file: the COCO annotations JSON.
+        transforms: optional callable ``(image, target) -> (image, target)`` applied to each item.
+        keep_crowd: keep ``iscrowd=1`` boxes in targets (default False: dropped, as in training).
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotations_file: str | Path,
+        transforms: Optional[Callable] = None,
+        keep_crowd: bool = False,
+    ) -> None:
+        self.images_dir = Path(images_dir)
+        self.annotations_file = Path(annotations_file)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder {str(self.images_dir)!r} does not exist")
+        self.transforms = transforms
+        self.keep_crowd = keep_crowd
+        self.coco = load_coco_json(self.annotations_file)
+        where = f"annotations file {str(self.annotations_file)!r}"
+
+        categories = self.coco["categories"]
+        ids = []
+        for cat in categories:
+            if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+                raise ValueError(f"{where}: every category needs an integer 'id', got {cat!r}")
+            ids.append(cat["id"])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{where}: category ids repeat: {sorted(ids)}")
+        if not ids:
+            raise ValueError(f"{where}: no categories")
+        self.category_ids: List[int] = sorted(ids)
+        self._label_of_category = {cid: label for label, cid in enumerate(self.category_ids)}
+        names = {cat["id"]: str(cat.get("name", cat["id"])) for cat in categories}
+        self.class_names: List[str] = [names[cid] for cid in self.category_ids]
+
+        self.images: List[Dict] = []
+        by_id: Dict[int, Dict] = {}
+        for img in self.coco["images"]:
+            if not isinstance(img, dict) or not isinstance(img.get("id"), int) or not isinstance(img.get("file_name"), str):
+                raise ValueError(f"{where}: every image needs an integer 'id' and a 'file_name', got {img!r}")
+            if img["id"] in by_id:
+                raise ValueError(f"{where}: image id {img['id']} appears twice")
+            by_id[img["id"]] = img
+            self.images.append(img)
+
+        self._annotations: Dict[int, List[Dict]] = {img["id"]: [] for img in self.images}
+        for ann in self.coco["annotations"]:
+            if not isinstance(ann, dict):
+                raise ValueError(f"{where}: annotation is not an object: {ann!r}")
+            ann_id = ann.get("id", "?")
+            image_id = ann.get("image_id")
+            if image_id not in by_id:
+                raise ValueError(f"{where}: annotation {ann_id} references image id {image_id!r}, which is not in 'images'")
+            if ann.get("category_id") not in self._label_of_category:
+                raise ValueError(
+                    f"{where}: annotation {ann_id} has category_id {ann.get('category_id')!r}, "
+                    f"which is not in 'categories' {self.category_ids}"
+                )
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+                raise ValueError(f"{where}: annotation {ann_id} needs 'bbox' as 4 numbers [x, y, w, h], got {bbox!r}")
+            x, y, w, h = (float(v) for v in bbox)
+            img = by_id[image_id]
+            width, height = img.get("width"), img.get("height")
+            if w < 0 or h < 0:
+                raise ValueError(f"{where}: annotation {ann_id} has a negative box size {bbox}")
+            if isinstance(width, (int, float)) and isinstance(height, (int, float)):
+                if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
+                    raise ValueError(
+                        f"{where}: annotation {ann_id} box {bbox} lies outside image {img['file_name']!r} "
+                        f"of size {width}x{height}"
+                    )
+            self._annotations[image_id].append(ann)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def label_to_category_id(self, label: int) -> int:
+        """The COCO category id of contiguous label ``label``."""
+        if not 0 <= int(label) < len(self.category_ids):
+            raise ValueError(f"label must be in [0, {len(self.category_ids)}), got {label}")
+        return self.category_ids[int(label)]
+
+    def category_id_to_label(self, category_id: int) -> int:
+        if category_id not in self._label_of_category:
+            raise ValueError(f"category_id {category_id} is not one of {self.category_ids}")
+        return self._label_of_category[category_id]
+
+    @property
+    def id2label(self) -> Dict[int, str]:
+        return {i: name for i, name in enumerate(self.class_names)}
+
+    def image_path(self, index: int) -> Path:
+        return self.images_dir / self.images[index]["file_name"]
+
+    def load_image(self, index: int) -> Image.Image:
+        """Open image ``index`` as RGB; a missing, unreadable or mis-sized file raises naming the file."""
+        info = self.images[index]
+        path = self.image_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {str(path)!r} (image id {info['id']}) does not exist")
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"image file {str(path)!r} (image id {info['id']}) cannot be read: {err}") from err
+        width, height = info.get("width"), info.get("height")
+        if isinstance(width, int) and isinstance(height, int) and image.size != (width, height):
+            raise ValueError(
+                f"image file {str(path)!r} is {image.size[0]}x{image.size[1]} but "
+                f"{str(self.annotations_file)!r} says {width}x{height}"
+            )
+        return image
+
+    def target(self, index: int, size: Optional[Tuple[int, int]] = None) -> Dict:
+        """The target dict of image ``index`` (see the module docstring); ``size`` = (width, height) for clipping."""
+        info = self.images[index]
+        if size is None:
+            size = (int(info["width"]), int(info["height"]))
+        width, height = size
+        boxes, labels, areas, crowd = [], [], [], []
+        for ann in self._annotations[info["id"]]:
+            is_crowd = int(ann.get("iscrowd", 0))
+            if is_crowd and not self.keep_crowd:
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            boxes.append([x0, y0, x1, y1])
+            labels.append(self._label_of_category[ann["category_id"]])
+            areas.append(float(ann.get("area", w * h)))
+            crowd.append(is_crowd)
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "class_labels": torch.tensor(labels, dtype=torch.int64),
+            "image_id": int(info["id"]),
+            "orig_size": torch.tensor([height, width], dtype=torch.int64),
+            "area": torch.tensor(areas, dtype=torch.float32),
+            "iscrowd": torch.tensor(crowd, dtype=torch.int64),
+        }
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self.images):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.images)} images")
+        image = self.load_image(index)
+        target = self.target(index, image.size)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def detections_to_coco(
+    dataset: CocoDetection, image_ids: Sequence[int], results: Sequence[Dict[str, torch.Tensor]]
+) -> List[Dict]:
+    """Turn post-processed detections into COCO result records.
+
+    Args:
+        dataset: gives the mapping from contiguous labels back to COCO category ids.
+        image_ids: COCO image id of each result.
+        results: per image ``{"scores": [K], "labels": [K], "boxes": [K, 4]}`` with boxes
+            (x0, y0, x1, y1) in pixels of the original image.
+
+    Returns:
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``.
+    """
+    if len(image_ids) != len(results):
+        raise ValueError(f"image_ids ({len(image_ids)}) and results ({len(results)}) must have the same length")
+    records = []
+    for image_id, res in zip(image_ids, results):
+        boxes = res["boxes"].detach().float().cpu().tolist()
+        for score, label, (x0, y0, x1, y1) in zip(res["scores"].tolist(), res["labels"].tolist(), boxes):
+            records.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": dataset.label_to_category_id(int(label)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
+    return records
