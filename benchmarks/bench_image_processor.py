@@ -17,7 +17,6 @@ import argparse
 import os
 import pathlib
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -32,7 +31,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from models.image_processing import DeformableDetrImageProcessor  # noqa: E402
 from models.image_processing_fast import DeformableDetrImageProcessorFast  # noqa: E402
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel")
+PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel"
+)
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "image_processor.md"
 
 
@@ -101,8 +102,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         import transformers
 
-        processors["transformers slow"] = (transformers.DeformableDetrImageProcessor(), images, {"return_tensors": "pt"})
-        hf_fast_kwargs = {"return_tensors": "pt"} if args.device == "cpu" else {"return_tensors": "pt", "device": args.device}
+        hf_slow = transformers.DeformableDetrImageProcessor()
+        processors["transformers slow"] = (hf_slow, images, {"return_tensors": "pt"})
+        hf_fast_kwargs: dict[str, Any] = {"return_tensors": "pt"}
+        if args.device != "cpu":
+            hf_fast_kwargs["device"] = args.device
         processors["transformers fast"] = (transformers.DeformableDetrImageProcessorFast(), fast_inputs, hf_fast_kwargs)
         hf_version = transformers.__version__
     except ImportError:
@@ -158,7 +162,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             f"(repeats={args.repeats}, torch threads={args.threads}, fast device={args.device}). "
             "PIL/numpy work is single-threaded; torch threads only speed up the fast processors.",
             "",
-            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; torch {torch.__version__}"
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
+            f"torch {torch.__version__}"
             + (f", transformers {hf_version}" if hf_version else "")
             + ". The machine was shared with other jobs, so times are the best of `repeats` interleaved rounds "
             "(every processor once per round); all ratios come from this one run.",

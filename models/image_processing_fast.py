@@ -41,9 +41,11 @@ _INTERPOLATION = {
 def _to_chw(image: Any, input_data_format: Optional[str], index: int, device: Optional[torch.device]) -> torch.Tensor:
     """``[C, H, W]`` tensor (C = 1 or 3, uint8 or floating) of any accepted image, on ``device``."""
     if isinstance(image, PIL.Image.Image):
-        tensor = torch.from_numpy(np.array(pil_to_array(image, index)))
+        array = pil_to_array(image, index)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     elif isinstance(image, np.ndarray):
-        if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+        if image.dtype == bool or not numeric:
             raise ValueError(f"images[{index}] must hold integers or floats, got dtype {image.dtype}")
         tensor = torch.from_numpy(image if image.flags.writeable else image.copy())
     else:
@@ -127,7 +129,8 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
 
         Returns a ``BatchFeature`` with ``pixel_values`` ``[B, 3, H, W]``, ``pixel_mask`` int64 ``[B, H, W]``
         when padding, and with annotations ``labels``: one dict of tensors per image. Without padding,
-        images of different sizes come back as a list of ``[3, H_i, W_i]`` tensors.
+        images of different sizes come back as a list of ``[3, H_i, W_i]`` tensors (an error with
+        ``return_tensors="pt"``).
         """
         options = self.resolve(
             dict(
@@ -164,7 +167,9 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
         if targets_in is not None:
             targets = [
                 target_to_torch(
-                    prepare_target(target, options.format, tuple(tensor.shape[1:]), return_segmentation_masks, masks_path),
+                    prepare_target(
+                        target, options.format, tuple(tensor.shape[1:]), return_segmentation_masks, masks_path
+                    ),
                     device,
                 )
                 for target, tensor in zip(targets_in, tensors)
@@ -175,7 +180,8 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
             orig_size = tuple(tensor.shape[1:])
             if options.do_resize:
                 new_size = output_size(orig_size[0], orig_size[1], options.size)
-                tensor = TF.resize(tensor, list(new_size), interpolation=_INTERPOLATION[options.resample], antialias=True)
+                interpolation = _INTERPOLATION[options.resample]
+                tensor = TF.resize(tensor, list(new_size), interpolation=interpolation, antialias=True)
                 if targets is not None:
                     targets[index] = resize_target(targets[index], orig_size, new_size, _resize_masks)
             if targets is not None and options.do_convert_annotations:
@@ -207,6 +213,11 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
         elif len(set(sizes)) == 1:
             pixel_values = torch.empty((len(resized), 3, *sizes[0]), dtype=dtype, device=device)
             regions = list(pixel_values)
+        elif return_tensors == "pt":
+            raise ValueError(
+                f"return_tensors='pt' cannot stack unpadded images of different sizes {sorted(set(sizes))}: "
+                "pass do_pad=True or return_tensors=None"
+            )
         else:
             pixel_values = [torch.empty((3, *size), dtype=dtype, device=device) for size in sizes]
             regions = pixel_values

@@ -136,7 +136,3 @@ def pil_to_array(image: PIL.Image.Image, index: int) -> np.ndarray:
         raise ValueError(f"images[{index}] is empty: size {image.size}")
     return np.asarray(image)
 
-
-def check_same_count(images: list, annotations: Optional[list]) -> None:
-    if annotations is not None and len(annotations) != len(images):
-        raise ValueError(f"annotations has {len(annotations)} entries but there are {len(images)} images")

@@ -135,7 +135,9 @@ class ImageProcessorOptions:
         self.image_mean = _three_floats(IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean, "image_mean")
         self.image_std = _three_floats(IMAGENET_DEFAULT_STD if image_std is None else image_std, "image_std")
         # Boxes are converted to relative (cx, cy, w, h) by default exactly when images are normalized.
-        self.do_convert_annotations = self.do_normalize if do_convert_annotations is None else bool(do_convert_annotations)
+        self.do_convert_annotations = (
+            self.do_normalize if do_convert_annotations is None else bool(do_convert_annotations)
+        )
         self.do_pad = bool(do_pad)
         self.pad_size = normalize_pad_size(pad_size)
 

@@ -20,7 +20,9 @@ def _target_scale(
     """``[B, 4]`` (w, h, w, h) scale factors from ``target_sizes`` (``[B, 2]`` as height, width)."""
     if isinstance(target_sizes, torch.Tensor):
         if target_sizes.ndim != 2 or target_sizes.shape[1] != 2:
-            raise ValueError(f"target_sizes must have shape [batch, 2] (height, width), got {tuple(target_sizes.shape)}")
+            raise ValueError(
+                f"target_sizes must have shape [batch, 2] (height, width), got {tuple(target_sizes.shape)}"
+            )
         heights, widths = target_sizes.unbind(1)
     elif isinstance(target_sizes, (list, tuple)):
         if not all(isinstance(pair, (list, tuple, torch.Tensor)) and len(pair) == 2 for pair in target_sizes):
@@ -28,7 +30,9 @@ def _target_scale(
         heights = torch.tensor([float(pair[0]) for pair in target_sizes], dtype=torch.float32)
         widths = torch.tensor([float(pair[1]) for pair in target_sizes], dtype=torch.float32)
     else:
-        raise ValueError(f"target_sizes must be a tensor [batch, 2] or a list of pairs, got {type(target_sizes).__name__}")
+        raise ValueError(
+            f"target_sizes must be a tensor [batch, 2] or a list of pairs, got {type(target_sizes).__name__}"
+        )
     if len(heights) != batch_size:
         raise ValueError(f"target_sizes has {len(heights)} entries but the outputs have a batch of {batch_size}")
     return torch.stack([widths, heights, widths, heights], dim=1).to(device)

@@ -47,7 +47,10 @@ def normalize_size(size: SizeLike, name: str = "size") -> dict[str, int]:
     if isinstance(size, int) and not isinstance(size, bool):
         return {"shortest_edge": _check_positive_int(size, name), "longest_edge": DEFAULT_LONGEST_EDGE}
     if isinstance(size, (tuple, list)) and len(size) == 2:
-        return {"height": _check_positive_int(size[0], f"{name}[0]"), "width": _check_positive_int(size[1], f"{name}[1]")}
+        return {
+            "height": _check_positive_int(size[0], f"{name}[0]"),
+            "width": _check_positive_int(size[1], f"{name}[1]"),
+        }
     raise ValueError(f"{name} must be a dict, an int or a (height, width) pair, got {size!r}")
 
 

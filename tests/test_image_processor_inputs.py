@@ -64,7 +64,8 @@ def test_batch_forms_agree(cls):
     images = [rgb(seed=1), rgb(seed=2)]
     as_list = cls()(images, size=SMALL, return_tensors="pt")["pixel_values"]
     as_array = cls()(np.stack(images), size=SMALL, return_tensors="pt")["pixel_values"]
-    as_tensor = cls()(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), size=SMALL, return_tensors="pt")["pixel_values"]
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    as_tensor = cls()(batch, size=SMALL, return_tensors="pt")["pixel_values"]
     as_nested = cls()([[images[0]], [images[1]]], size=SMALL, return_tensors="pt")["pixel_values"]
     for other in (as_array, as_tensor, as_nested):
         torch.testing.assert_close(other, as_list, rtol=0, atol=0)
@@ -74,7 +75,9 @@ def test_explicit_channel_format():
     """An ambiguous (3, H, 3) image is read channels-first unless told otherwise."""
     image = rgb(3, 40)  # shape (3, 40, 3)
     first = DeformableDetrImageProcessor()(image, do_resize=False, return_tensors="pt")["pixel_values"]
-    last = DeformableDetrImageProcessor()(image, do_resize=False, input_data_format="channels_last", return_tensors="pt")
+    last = DeformableDetrImageProcessor()(
+        image, do_resize=False, input_data_format="channels_last", return_tensors="pt"
+    )
     assert first.shape == (1, 3, 40, 3)
     assert last["pixel_values"].shape == (1, 3, 3, 40)
 
@@ -89,7 +92,8 @@ def test_slow_return_types_and_channels_last():
 
 
 def test_batch_feature_to_moves_floats_only():
-    out = DeformableDetrImageProcessorFast()(rgb(), annotations={"image_id": 1, "annotations": [box([1, 2, 10, 8])]}, size=SMALL)
+    annotation = {"image_id": 1, "annotations": [box([1, 2, 10, 8])]}
+    out = DeformableDetrImageProcessorFast()(rgb(), annotations=annotation, size=SMALL)
     moved = out.to(torch.float64)
     assert moved["pixel_values"].dtype == torch.float64
     assert moved["pixel_mask"].dtype == torch.int64
@@ -147,7 +151,10 @@ def test_relative_boxes_account_for_padding(cls):
     torch.testing.assert_close(out["labels"][0]["boxes"], expected)
     expected2 = torch.tensor([[10 * 45 / 40 / 45, 5 * 0.5 / 30, 20 * 45 / 40 / 45, 10 * 0.5 / 30]])
     torch.testing.assert_close(out["labels"][1]["boxes"], expected2)
-    padded = cls()(images, annotations=annotations, size={"height": 30, "width": 45}, pad_size={"height": 60, "width": 90}, return_tensors="pt")
+    padded = cls()(
+        images, annotations=annotations, size={"height": 30, "width": 45}, pad_size={"height": 60, "width": 90},
+        return_tensors="pt",
+    )
     torch.testing.assert_close(padded["labels"][0]["boxes"], expected * torch.tensor([0.5, 0.5, 0.5, 0.5]))
     assert padded["pixel_mask"][0].sum() == 30 * 45 and padded["labels"][0]["size"].tolist() == [60, 90]
 
@@ -211,6 +218,15 @@ def test_bad_options(cls, kwargs, error, message):
         cls()(rgb(), **kwargs)
 
 
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_unpadded_different_sizes_cannot_be_stacked(cls):
+    images = [rgb(30, 45), rgb(45, 30, seed=1)]
+    with pytest.raises(ValueError, match="do_pad=True"):
+        cls()(images, size=SMALL, do_pad=False, return_tensors="pt")
+    out = cls()(images, size=SMALL, do_pad=False)
+    assert [tuple(image.shape) for image in out["pixel_values"]] == [(3, 40, 60), (3, 60, 40)]
+
+
 def test_fast_refuses_filters_torchvision_lacks():
     with pytest.raises(ValueError, match="resample"):
         DeformableDetrImageProcessorFast()(rgb(), resample=PIL.Image.Resampling.LANCZOS)
@@ -233,7 +249,11 @@ def test_constructor_checks():
     [
         ([{"image_id": 1, "annotations": []}] * 2, {}, "annotations has 2 entries but there are 1 images"),
         ({"annotations": []}, {}, r"annotations\[0\] must have the keys 'image_id' and 'annotations'"),
-        ({"image_id": 1, "annotations": {"bbox": [1, 2, 3, 4]}}, {}, r"annotations\[0\]\['annotations'\] must be a list"),
+        (
+            {"image_id": 1, "annotations": {"bbox": [1, 2, 3, 4]}},
+            {},
+            r"annotations\[0\]\['annotations'\] must be a list",
+        ),
         ({"image_id": 1, "annotations": [[1, 2, 3, 4]]}, {}, r"annotations\[0\]\['annotations'\]\[0\] must be a dict"),
         ({"image_id": 1, "annotations": [{"category_id": 1, "area": 1.0}]}, {}, "has no 'bbox'"),
         ({"image_id": 1, "annotations": [{"bbox": [1, 2, 3], "category_id": 1, "area": 1.0}]}, {}, "4 numbers"),
@@ -260,7 +280,10 @@ def test_bad_panoptic_annotations(cls, tmp_path):
     segment = {"id": 1000, "category_id": 3, "iscrowd": 0, "area": 75.0}
     good = {"image_id": 1, "file_name": "a.png", "segments_info": [segment]}
     processor = cls(format="coco_panoptic")
-    out = processor(rgb(), annotations=good, masks_path=tmp_path, do_resize=False, do_convert_annotations=False, return_tensors="pt")
+    out = processor(
+        rgb(), annotations=good, masks_path=tmp_path, do_resize=False, do_convert_annotations=False,
+        return_tensors="pt",
+    )
     torch.testing.assert_close(out["labels"][0]["boxes"], torch.tensor([[5.0, 5.0, 19.0, 9.0]]))
     assert out["labels"][0]["masks"].sum() == 75
     with pytest.raises(ValueError, match="masks_path"):

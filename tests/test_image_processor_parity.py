@@ -25,6 +25,7 @@ from models.image_processing_fast import DeformableDetrImageProcessorFast  # noq
 
 torch.set_num_threads(1)
 SMALL = {"shortest_edge": 160, "longest_edge": 250}
+PAIRS = {"slow": (DeformableDetrImageProcessor, HFSlow), "fast": (DeformableDetrImageProcessorFast, HFFast)}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_detection_parity(photos, speed, kwargs):
     images = [photos["astronaut"], photos["coffee"], photos["chelsea"]]
     annotations = [detection_annotation(i + 1, *image.shape[:2]) for i, image in enumerate(images)]
     annotations[2] = {"image_id": 3, "annotations": []}  # an image without objects
-    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    ours_cls, ref_cls = PAIRS[speed]
     ours = ours_cls()(images, annotations=copy.deepcopy(annotations), return_tensors="pt", **kwargs)
     theirs = quiet(ref_cls(), images, annotations=copy.deepcopy(annotations), return_tensors="pt", **kwargs)
     assert_same_outputs(ours, theirs)
@@ -147,7 +148,7 @@ def test_detection_masks_parity(photos, speed, size):
     # masks of all objects with the keep-mask of the non-crowd ones); the reference slow one cannot resize
     # an empty mask set. Both situations are tested for our processors below.
     annotations = [detection_annotation(i, *image.shape[:2], crowd=speed == "slow") for i, image in enumerate(images)]
-    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    ours_cls, ref_cls = PAIRS[speed]
     kwargs = dict(size=size, return_segmentation_masks=True, return_tensors="pt")
     ours = ours_cls()(images, annotations=copy.deepcopy(annotations), **kwargs)
     theirs = quiet(ref_cls(), images, annotations=copy.deepcopy(annotations), **kwargs)
@@ -162,12 +163,13 @@ def test_fast_masks_with_crowd_and_empty_image(photos):
     with_crowd = detection_annotation(1, *image.shape[:2], crowd=True)
     without_crowd = detection_annotation(1, *image.shape[:2], crowd=False)
     kwargs = dict(size=SMALL, return_segmentation_masks=True, return_tensors="pt")
-    ours = DeformableDetrImageProcessorFast()([image, photos["coffee"]], [with_crowd, {"image_id": 2, "annotations": []}], **kwargs)
+    images, annotations = [image, photos["coffee"]], [with_crowd, {"image_id": 2, "annotations": []}]
+    ours = DeformableDetrImageProcessorFast()(images, copy.deepcopy(annotations), **kwargs)
     theirs = quiet(HFFast(), [image], annotations=[without_crowd], **kwargs)
     for key in theirs["labels"][0]:
         assert_close(ours["labels"][0][key], theirs["labels"][0][key], what=key)
     assert tuple(ours["labels"][1]["masks"].shape) == (0, *ours["pixel_values"].shape[-2:])
-    slow = DeformableDetrImageProcessor()([image, photos["coffee"]], [with_crowd, {"image_id": 2, "annotations": []}], **kwargs)
+    slow = DeformableDetrImageProcessor()(images, copy.deepcopy(annotations), **kwargs)
     assert tuple(slow["labels"][1]["masks"].shape) == (0, *slow["pixel_values"].shape[-2:])
 
 
@@ -175,7 +177,7 @@ def test_fast_masks_with_crowd_and_empty_image(photos):
 def test_input_kinds_parity(photos, speed):
     """PIL images, channels-first arrays, torch tensors and float images in [0, 1]."""
     astronaut, coffee = photos["astronaut"], photos["coffee"]
-    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    ours_cls, ref_cls = PAIRS[speed]
     cases = [
         ([PIL.Image.fromarray(astronaut), PIL.Image.fromarray(coffee)], {}),
         ([astronaut.transpose(2, 0, 1).copy(), coffee.transpose(2, 0, 1).copy()], {}),
@@ -199,14 +201,15 @@ def test_grayscale_is_repeated_to_rgb(photos):
     fast_ref = quiet(HFFast(), [stacked, photos["coffee"]], size=SMALL, return_tensors="pt")
     assert_same_outputs(fast, fast_ref)
     pil_gray = DeformableDetrImageProcessorFast()(PIL.Image.fromarray(camera), size=SMALL)
-    assert_close(pil_gray["pixel_values"], fast["pixel_values"][:1, :, : pil_gray["pixel_values"].shape[2], : pil_gray["pixel_values"].shape[3]])
+    height, width = pil_gray["pixel_values"].shape[2:]
+    assert_close(pil_gray["pixel_values"], fast["pixel_values"][:1, :, :height, :width])
 
 
 @pytest.mark.parametrize("speed", ["slow", "fast"])
 def test_no_padding_parity(photos, speed):
     images = [photos["astronaut"], photos["coffee"]]
     annotations = [detection_annotation(i, *image.shape[:2]) for i, image in enumerate(images)]
-    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    ours_cls, ref_cls = PAIRS[speed]
     ours = ours_cls()(images, annotations=copy.deepcopy(annotations), size=SMALL, do_pad=False)
     if speed == "slow":
         theirs = quiet(ref_cls(), images, annotations=copy.deepcopy(annotations), size=SMALL, do_pad=False)
@@ -219,7 +222,10 @@ def test_no_padding_parity(photos, speed):
     else:
         # the reference fast processor cannot stack unpadded images of different sizes: compare one by one
         for index, image in enumerate(images):
-            theirs = quiet(ref_cls(), image, annotations=copy.deepcopy(annotations[index]), size=SMALL, do_pad=False, return_tensors="pt")
+            theirs = quiet(
+                ref_cls(), image, annotations=copy.deepcopy(annotations[index]), size=SMALL, do_pad=False,
+                return_tensors="pt",
+            )
             assert_close(ours["pixel_values"][index], theirs["pixel_values"][0], what="pixel_values")
             for key in theirs["labels"][0]:
                 if key != "size":  # the reference leaves 'size' a tuple here
@@ -245,11 +251,13 @@ def _panoptic_png(tmp_path, height: int, width: int) -> tuple[str, dict]:
 
 
 @pytest.mark.parametrize("speed", ["slow", "fast"])
-@pytest.mark.parametrize("kwargs", [dict(size=SMALL), dict(size=SMALL, return_segmentation_masks=False), dict(do_resize=False)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(size=SMALL), dict(size=SMALL, return_segmentation_masks=False), dict(do_resize=False)]
+)
 def test_panoptic_parity(photos, tmp_path, speed, kwargs):
     image = photos["chelsea"]
     masks_path, annotation = _panoptic_png(tmp_path, *image.shape[:2])
-    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    ours_cls, ref_cls = PAIRS[speed]
     call = dict(annotations=annotation, masks_path=masks_path, format="coco_panoptic", return_tensors="pt", **kwargs)
     ours = ours_cls()([image], **copy.deepcopy(call))
     theirs = quiet(ref_cls(), [image], **copy.deepcopy(call))
@@ -263,7 +271,9 @@ def test_slow_and_fast_agree(photos, tmp_path):
     """Our two processors differ only by PIL vs torchvision interpolation (±a few uint8 levels)."""
     images = [photos["astronaut"], photos["coffee"], photos["chelsea"], photos["camera"]]
     annotations = [detection_annotation(i, *image.shape[:2]) for i, image in enumerate(images)]
-    slow = DeformableDetrImageProcessor()(images, copy.deepcopy(annotations), return_segmentation_masks=True, return_tensors="pt")
+    slow = DeformableDetrImageProcessor()(
+        images, copy.deepcopy(annotations), return_segmentation_masks=True, return_tensors="pt"
+    )
     fast = DeformableDetrImageProcessorFast()(images, copy.deepcopy(annotations), return_segmentation_masks=True)
     level = 1 / 255 / min(DeformableDetrImageProcessor().image_std)  # one uint8 step after normalization
     difference = (slow["pixel_values"] - fast["pixel_values"]).abs()
@@ -301,7 +311,7 @@ def test_keypoints_and_equal_size_batch_parity(photos, speed):
         for n, obj in enumerate(annotation["annotations"]):
             obj["keypoints"] = [10.0 + n, 20.0 + image_id, 2, 30.0, 40.0, 1]
         annotations.append(annotation)
-    ours_cls, ref_cls = (DeformableDetrImageProcessor, HFSlow) if speed == "slow" else (DeformableDetrImageProcessorFast, HFFast)
+    ours_cls, ref_cls = PAIRS[speed]
     inputs = batch if speed == "slow" else torch.from_numpy(batch).permute(0, 3, 1, 2)
     ours = ours_cls()(inputs, annotations=copy.deepcopy(annotations), size=SMALL, return_tensors="pt")
     theirs = quiet(ref_cls(), inputs, annotations=copy.deepcopy(annotations), size=SMALL, return_tensors="pt")

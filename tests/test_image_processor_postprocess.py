@@ -51,7 +51,9 @@ TARGETS = {
 def test_matches_transformers(processor_class, batch, queries, classes, top_k, threshold, targets):
     outputs = random_outputs(batch, queries, classes, seed=queries + classes)
     target_sizes = TARGETS[targets](batch)
-    ours = processor_class().post_process_object_detection(outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k)
+    ours = processor_class().post_process_object_detection(
+        outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k
+    )
     theirs = reference(outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k)
     assert len(ours) == len(theirs) == batch
     for mine, ref in zip(ours, theirs):
@@ -75,7 +77,9 @@ def test_brute_force_small():
     for (score, q, _), got_score, box in zip(pairs, result["scores"], result["boxes"]):
         assert abs(score - got_score.item()) < 1e-6
         cx, cy, w, h = outputs.pred_boxes[0, q].double().tolist()
-        expected = torch.tensor([(cx - w / 2) * 20, (cy - h / 2) * 10, (cx + w / 2) * 20, (cy + h / 2) * 10], dtype=torch.float64)
+        expected = torch.tensor(
+            [(cx - w / 2) * 20, (cy - h / 2) * 10, (cx + w / 2) * 20, (cy + h / 2) * 10], dtype=torch.float64
+        )
         torch.testing.assert_close(box.double(), expected, rtol=0, atol=1e-4)
 
 
