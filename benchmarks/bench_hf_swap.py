@@ -15,6 +15,7 @@ ratio is about 1; the report says which implementation ran (``msda.active_implem
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -40,6 +41,18 @@ def build_model() -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return DeformableDetrForObjectDetection(config).eval()
+
+
+def attention_timer(model: torch.nn.Module) -> list[float]:
+    """Hooks on every deformable attention layer (projections included); returns a list that
+    collects the seconds spent in those layers, cleared by the caller before each forward."""
+    spent: list[float] = []
+    starts: list[float] = []
+    for module in model.modules():
+        if hasattr(module, "sampling_offsets"):
+            module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+            module.register_forward_hook(lambda *_: spent.append(time.perf_counter() - starts.pop()))
+    return spent
 
 
 def time_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -78,21 +91,32 @@ def main() -> None:
     model = build_model()
     pixel_values = torch.randn(1, 3, args.height, args.width, generator=torch.Generator().manual_seed(0))
 
+    load_before = os.getloadavg()[0]
+    in_attention = attention_timer(model)
+    layers = sum(hasattr(module, "sampling_offsets") for module in model.modules())
     times: dict[str, list[float]] = {"transformers": [], "msda": []}
+    attention_times: dict[str, list[float]] = {"transformers": [], "msda": []}
     logits: dict[str, torch.Tensor] = {}
     for round_index in range(args.repeats + 1):  # round 0 is the warm-up
         for variant in ("transformers", "msda"):
             (hf.enable if variant == "msda" else hf.disable)(model)
+            in_attention.clear()
             seconds, logits[variant] = time_forward(model, pixel_values)
             if round_index > 0:
                 times[variant].append(seconds)
-            print(f"  {'warm-up' if round_index == 0 else f'run {round_index}'} {variant:12s} {seconds:7.3f} s")
+                attention_times[variant].append(sum(in_attention))
+            label = "warm-up" if round_index == 0 else f"run {round_index}"
+            print(f"  {label:8s} {variant:12s} {seconds:7.3f} s, of which deformable attention layers {sum(in_attention):7.3f} s")
     hf.disable(model)
+    load_after = os.getloadavg()[0]
 
     median = {variant: statistics.median(values) for variant, values in times.items()}
     ratio = median["transformers"] / median["msda"]
+    attention = {variant: statistics.median(values) for variant, values in attention_times.items()}
+    attention_ratio = attention["transformers"] / attention["msda"]
     difference = (logits["transformers"] - logits["msda"]).abs().max().item()
     print(f"transformers forward: {median['transformers']:.3f} s, with msda: {median['msda']:.3f} s, speed-up x{ratio:.2f}")
+    print(f"deformable attention layers alone: {attention['transformers']:.3f} s vs {attention['msda']:.3f} s, x{attention_ratio:.2f}")
     print(f"max |logits difference|: {difference:.2e}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,12 +129,16 @@ def main() -> None:
                 f"batch 1, {args.height}x{args.width}, CPU, {args.threads} threads, median of {args.repeats} runs after a warm-up, "
                 "the two variants alternated. Produced by `python benchmarks/bench_hf_swap.py`.",
                 "",
-                "| attention | forward (s) | speed-up |",
-                "|---|---:|---:|",
-                f"| transformers (grid_sample) | {median['transformers']:.3f} | 1.00 |",
-                f"| msda ({implementation.name}) | {median['msda']:.3f} | {ratio:.2f} |",
+                f"| attention | whole forward (s) | speed-up | in the {layers} deformable attention layers (s) | speed-up |",
+                "|---|---:|---:|---:|---:|",
+                f"| transformers (grid_sample) | {median['transformers']:.3f} | 1.00 | {attention['transformers']:.3f} | 1.00 |",
+                f"| msda ({implementation.name}) | {median['msda']:.3f} | {ratio:.2f} | {attention['msda']:.3f} | {attention_ratio:.2f} |",
                 "",
                 f"- msda implementation: `{implementation.name}` ({implementation.reason})",
+                f"- every timed run (s): transformers {', '.join(f'{t:.3f}' for t in times['transformers'])}; "
+                f"msda {', '.join(f'{t:.3f}' for t in times['msda'])}",
+                f"- machine load (1-minute load average) {load_before:.1f} before, {load_after:.1f} after, on "
+                f"{os.cpu_count()} logical CPUs: other work on the machine slows both variants",
                 f"- max abs difference of the logits: {difference:.2e}",
                 f"- {cpu_name()}; torch {torch.__version__}; transformers {transformers.__version__}; "
                 f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",

@@ -92,11 +92,12 @@ def mm_grounding_dino():
     return tf.MMGroundingDinoForObjectDetection(config), inputs
 
 
-def deta():
+def deta(disable_custom_kernels: bool = True):
     from transformers.models.deprecated.deta import DetaConfig, DetaForObjectDetection
 
-    # disable_custom_kernels=False would try to compile transformers' own CUDA op first
-    config = DetaConfig(backbone_config=_resnet(), num_feature_levels=4, two_stage=False, with_box_refine=True, disable_custom_kernels=True, **_SMALL_DETR)
+    config = DetaConfig(
+        backbone_config=_resnet(), num_feature_levels=4, two_stage=False, with_box_refine=True, disable_custom_kernels=disable_custom_kernels, **_SMALL_DETR
+    )
     return DetaForObjectDetection(config), dict(pixel_values=torch.randn(2, 3, 64, 80), pixel_mask=_pixel_mask(64, 80))
 
 
@@ -351,6 +352,17 @@ def test_d_fine_uniform_points(op_calls):
     expected = _run(model, inputs)
     got = _run(hf.enable(model), inputs)
     assert op_calls
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], **TOLERANCE)
+
+
+def test_deta_autograd_function_path(op_calls):
+    """With custom kernels allowed, DETA calls MultiScaleDeformableAttentionFunction.apply first
+    (on CPU transformers' version fails and falls back to grid_sample); ours must serve it."""
+    model, inputs = _build("deta", disable_custom_kernels=False)
+    expected = _run(model, inputs)
+    got = _run(hf.enable(model), inputs)
+    assert len(op_calls) == len(_attention_layers(model))
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], **TOLERANCE)
 
