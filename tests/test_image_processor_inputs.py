@@ -358,3 +358,23 @@ def test_processors_do_not_import_the_op():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_loads_legacy_feature_extractor_config(cls, tmp_path):
+    """The old ``max_size`` + int ``size`` form of early Deformable DETR configs."""
+    legacy = {
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "DeformableDetrFeatureExtractor",
+        "format": "coco_detection",
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "max_size": 1000,
+        "size": 600,
+    }
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
+    with pytest.warns(FutureWarning, match="max_size"):
+        processor = cls.from_pretrained(tmp_path)
+    assert processor.size == {"shortest_edge": 600, "longest_edge": 1000}
+    assert processor.do_pad and processor.do_rescale and processor.resample == 2
