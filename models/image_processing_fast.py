@@ -47,7 +47,9 @@ def _to_chw(image: Any, input_data_format: Optional[str], index: int, device: Op
         numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
         if image.dtype == bool or not numeric:
             raise ValueError(f"images[{index}] must hold integers or floats, got dtype {image.dtype}")
-        tensor = torch.from_numpy(image if image.flags.writeable else image.copy())
+        if not image.flags.writeable or any(stride < 0 for stride in image.strides):
+            image = np.array(image, order="C")  # a writable copy with positive strides, as torch needs
+        tensor = torch.from_numpy(image)
     else:
         tensor = image.detach()
     if tensor.dtype == torch.bool or tensor.is_complex():

@@ -71,6 +71,18 @@ def test_batch_forms_agree(cls):
         torch.testing.assert_close(other, as_list, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_flipped_and_read_only_arrays(cls):
+    image = rgb(30, 45)
+    flipped = image[::-1, ::-1]  # negative strides, no copy
+    read_only = image.copy()
+    read_only.flags.writeable = False
+    expected = cls()(np.ascontiguousarray(flipped), size=SMALL, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(cls()(flipped, size=SMALL, return_tensors="pt")["pixel_values"], expected)
+    expected = cls()(image, size=SMALL, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(cls()(read_only, size=SMALL, return_tensors="pt")["pixel_values"], expected)
+
+
 def test_explicit_channel_format():
     """An ambiguous (3, H, 3) image is read channels-first unless told otherwise."""
     image = rgb(3, 40)  # shape (3, 40, 3)
