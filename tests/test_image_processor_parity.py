@@ -323,3 +323,24 @@ def test_size_label_without_resize_or_padding(photos):
     for cls in (DeformableDetrImageProcessor, DeformableDetrImageProcessorFast):
         out = cls()(photos["chelsea"], annotations=detection_annotation(1, 300, 451), do_resize=False, do_pad=False)
         assert to_numpy(out["labels"][0]["size"]).tolist() == [300, 451]
+
+
+def test_output_size_matches_reference_rounding():
+    """Our output size against the reference's size functions on many random image sizes."""
+    from transformers.image_processing_utils_fast import get_image_size_for_max_height_width
+    from transformers.models.deformable_detr.image_processing_deformable_detr import get_size_with_aspect_ratio
+
+    from models.processing_sizes import output_size
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        height, width = (int(v) for v in rng.integers(1, 3000, size=2))
+        shortest = int(rng.integers(1, 1200))
+        longest = int(rng.integers(shortest + 1, 2500))
+        expected = get_size_with_aspect_ratio((height, width), shortest, longest)
+        if min(expected) > 0:
+            assert output_size(height, width, {"shortest_edge": shortest, "longest_edge": longest}) == tuple(expected)
+        max_height, max_width = (int(v) for v in rng.integers(1, 2000, size=2))
+        expected = get_image_size_for_max_height_width((height, width), max_height, max_width)
+        if min(expected) > 0:
+            assert output_size(height, width, {"max_height": max_height, "max_width": max_width}) == tuple(expected)
