@@ -1,0 +1,141 @@
+"""The command line: detect writes JSON + PNG, eval/demo run a checkpoint, every command has --help, bad input is named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models import DeformableDetrConfig, DeformableDetrForObjectDetection
+from models.cli import main
+from models.demo import CHECKPOINT_DIR, DEMO_SPEC
+from models.synthetic_data import write_synthetic_coco
+from models.training import make_processor
+from test_cli_train import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A random tiny detector in the Hugging Face layout, with its preprocessor_config.json."""
+    path = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    config = DeformableDetrConfig(**TINY, id2label={0: "circle", 1: "square", 2: "triangle"})
+    DeformableDetrForObjectDetection(config).save_pretrained(path)
+    make_processor(48, 64).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detectdata")
+    write_synthetic_coco(root, {"val": 3}, DEMO_SPEC, seed=9)
+    return root
+
+
+@pytest.mark.parametrize("command", ["detect", "train", "eval", "demo", "make-data"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: deformable-detr {command}" in capsys.readouterr().out
+
+
+def test_python_dash_m_models_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "models", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "detect" in done.stdout and "demo" in done.stdout
+
+
+def test_detect_writes_json_and_png(checkpoint, data, tmp_path):
+    images = sorted((data / "images" / "val").glob("*.png"))[:2]
+    # a larger, non-square copy checks that boxes come back in the image's own pixels
+    big = tmp_path / "big.jpg"
+    Image.open(images[0]).resize((150, 100)).save(big)
+    out = tmp_path / "out"
+    args = ["detect", *map(str, images), str(big), "--checkpoint", str(checkpoint), "--out", str(out), "--threshold", "0.0", "--top-k", "5"]
+    assert main(args) == 0
+    for path in [*images, big]:
+        record = json.loads((out / f"{path.stem}.json").read_text())
+        width, height = Image.open(path).size
+        assert record["image"] == str(path) and (record["width"], record["height"]) == (width, height)
+        assert len(record["detections"]) == 5
+        scores = [d["score"] for d in record["detections"]]
+        assert scores == sorted(scores, reverse=True)
+        for det in record["detections"]:
+            assert det["label"] in {"circle", "square", "triangle"}
+            x0, y0, x1, y1 = det["box"]
+            assert -width <= x0 <= x1 <= 2 * width and -height <= y0 <= y1 <= 2 * height
+        drawn = Image.open(out / f"{path.stem}.png")
+        assert drawn.format == "PNG" and drawn.size[0] / drawn.size[1] == pytest.approx(width / height, rel=0.02)
+    # the high threshold keeps nothing from a random model, and still writes both files
+    assert main(["detect", str(images[0]), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "none"), "--threshold", "0.99"]) == 0
+    assert json.loads((tmp_path / "none" / f"{images[0].stem}.json").read_text())["detections"] == []
+
+
+def test_detect_names_bad_inputs(checkpoint, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    assert main(["detect", str(broken), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
+    assert "broken.png" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "missing.png"), "--checkpoint", str(checkpoint)]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    good = tmp_path / "good.png"
+    Image.new("RGB", (20, 20)).save(good)
+    assert main(["detect", str(good), "--checkpoint", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+    # a checkpoint whose weights do not fit its config
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    for name in ("model.safetensors", "preprocessor_config.json"):
+        (wrong / name).write_bytes((checkpoint / name).read_bytes())
+    DeformableDetrConfig(**{**TINY, "d_model": 64}, num_labels=3).to_json_file(wrong / "config.json")
+    assert main(["detect", str(good), "--checkpoint", str(wrong)]) == 2
+    assert "wrong" in capsys.readouterr().err
+
+
+def test_eval_runs_a_checkpoint(checkpoint, data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics)
+    assert all(-1.0 <= metrics[k] <= 1.0 for k in ("AP", "AP50", "AP75"))
+    detections = json.loads((out / "detections.json").read_text())
+    assert {d["category_id"] for d in detections} <= {1, 2, 3}
+    # a model with another number of classes than the dataset is refused
+    other = tmp_path / "other"
+    DeformableDetrForObjectDetection(DeformableDetrConfig(**TINY, num_labels=5)).save_pretrained(other)
+    assert main(["eval", "--data", str(data), "--checkpoint", str(other)]) == 2
+    assert "5 classes" in capsys.readouterr().err
+
+
+def test_demo_pipeline_with_a_given_checkpoint(checkpoint, tmp_path):
+    out = tmp_path / "demo"
+    status = main(["demo", "--out", str(out), "--checkpoint", str(checkpoint), "--test-images", "4", "--num-images", "2"])
+    assert status == 1  # a random model is far from the target, and the demo says so
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["passed"] is False and metrics["num_images"] == 4
+    assert sorted(p.name for p in out.glob("*.png")) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["000000.json", "000001.json", "metrics.json"]
+
+
+@pytest.mark.skipif(not (CHECKPOINT_DIR / "config.json").is_file(), reason="the demo checkpoint is not committed yet")
+def test_demo_with_the_committed_checkpoint_meets_the_target(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["AP50"] >= 0.8 and metrics["passed"] is True and metrics["num_images"] == 100
+    assert len(list(out.glob("*.png"))) == 8
