@@ -175,3 +175,25 @@ def test_training_step_reaches_every_trainable_parameter():
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     # the last layer's refinement head only refines points nobody uses afterwards (as in the paper)
     assert all(n.startswith(f"bbox_embed.{SMALL['decoder_layers'] - 1}.") or "decoder.bbox_embed" in n for n in unused), unused
+
+
+def test_inference_backbone_folds_batch_norm_and_follows_weight_changes():
+    model = models.deformable_detr(**dict(SMALL, backbone="resnet50")).eval()
+    body = model.model.backbone.conv_encoder.model
+    with torch.no_grad():
+        for module in body.modules():
+            if hasattr(module, "running_var"):
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.2, 0.2)
+    pixels = torch.randn(1, 3, 64, 96)
+    plain = body(pixels)  # autograd on: the modules as they are
+    with torch.no_grad():
+        folded = body(pixels)
+    assert not any(isinstance(m, nn.Identity) for m in body.modules()), "the model itself is untouched"
+    for a, b in zip(folded, plain):
+        torch.testing.assert_close(a, b.detach(), atol=1e-5 * b.abs().max().item(), rtol=1e-4)
+    assert "_inference_copy" not in "".join(model.state_dict())
+    with torch.no_grad():
+        body.layer4[0].conv1.weight.mul_(2.0)  # an in-place change must rebuild the folded copy
+        refolded = body(pixels)[-1]
+    torch.testing.assert_close(refolded, body(pixels)[-1].detach(), atol=1e-5 * refolded.abs().max().item(), rtol=1e-4)
