@@ -8,6 +8,7 @@ maps (and past their borders) instead of sitting on the paper's initial ring.
 from __future__ import annotations
 
 import copy
+import io
 import subprocess
 import sys
 import warnings
@@ -412,6 +413,26 @@ def test_deepcopy_of_enabled_model_stays_enabled(op_calls):
         assert torch.equal(got[key], expected[key])
     hf.disable(clone)
     assert hf.swapped_modules(clone) == [] and hf.swapped_modules(model) != []
+
+
+@pytest.mark.parametrize("family", ["deformable_detr", "mask2former", "d_fine"])
+def test_pickled_enabled_model_stays_enabled(family, op_calls):
+    """One family per swap route: kernel child, instance forward, instance attribute."""
+    model, inputs = _build(family)
+    hf.enable(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert hf.swapped_modules(loaded) == hf.swapped_modules(model) != []
+    expected = _run(model, inputs)
+    calls = len(op_calls)
+    got = _run(loaded, inputs)
+    assert len(op_calls) == 2 * calls
+    for key in expected:
+        assert torch.equal(got[key], expected[key])
+    hf.disable(loaded)
+    assert hf.swapped_modules(loaded) == []
 
 
 def test_enable_rejects_non_modules():

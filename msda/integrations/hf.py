@@ -26,9 +26,7 @@ Things the op cannot do are passed through to the original: the v2 ``"discrete"`
 method. Levels with different numbers of points (D-FINE's ``decoder_n_points`` list) are padded
 to the largest count with zero-weight points, which adds nothing to the sum.
 
-Caveat: a model enabled through route 2 holds bound methods of generated functions, which
-``pickle`` (and ``torch.save(model)``) cannot serialise; call :func:`disable` first, or save the
-``state_dict`` (unaffected) as usual. ``copy.deepcopy`` works.
+An enabled model can be deep-copied and pickled (``torch.save(model)``); the copy stays enabled.
 
 ``transformers`` is imported lazily, only to recognise its classes: importing this module does not
 need it.
@@ -272,9 +270,27 @@ def _patched_forward(cls: type) -> Callable | None:
     return _patched_forwards[cls]
 
 
+class _RoutedForward:
+    """A layer's instance-level ``forward``: its class's forward code run with globals that name
+    our stand-ins. A callable object rather than a bound method so that pickling the model keeps
+    the swap (a bound method would be pickled as "look up ``forward`` again" and lose it)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        return _patched_forward(type(self.module))(self.module, *args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(type(self.module).forward.__get__(self.module))
+
+    def __reduce__(self):
+        return (_RoutedForward, (self.module,))
+
+
 def _has_patched_forward(module: nn.Module) -> bool:
-    bound = module.__dict__.get("forward")
-    return hasattr(getattr(bound, "__func__", None), "_msda_original")
+    return isinstance(module.__dict__.get("forward"), _RoutedForward)
 
 
 def _swappable_attribute(module: nn.Module) -> str | None:
@@ -321,9 +337,8 @@ def enable(model: nn.Module) -> nn.Module:
                 setattr(parent, child_name, MsdaKernel(child))
                 changed += 1
         if not _has_patched_forward(parent):
-            patched = _patched_forward(type(parent))
-            if patched is not None:
-                parent.forward = types.MethodType(patched, parent)
+            if _patched_forward(type(parent)) is not None:
+                parent.forward = _RoutedForward(parent)
                 changed += 1
         attribute = _swappable_attribute(parent)
         if attribute is not None:
