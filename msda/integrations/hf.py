@@ -255,7 +255,9 @@ def _patched_forward(cls: type) -> Callable | None:
     """The class's ``forward`` code bound to globals that name our stand-ins (cached per class)."""
     if cls not in _patched_forwards:
         forward = cls.forward
-        stand_ins = _stand_ins_for_globals(forward) if _is_transformers_class(cls) else {}
+        # judged by where forward is defined, so user subclasses of transformers layers count
+        from_transformers = str(getattr(forward, "__module__", "")).startswith("transformers.")
+        stand_ins = _stand_ins_for_globals(forward) if from_transformers else {}
         if not stand_ins:
             _patched_forwards[cls] = None
         else:
@@ -265,7 +267,6 @@ def _patched_forward(cls: type) -> Callable | None:
             patched.__kwdefaults__ = forward.__kwdefaults__
             patched.__qualname__ = forward.__qualname__
             patched.__doc__ = forward.__doc__
-            patched._msda_original = forward
             _patched_forwards[cls] = patched
     return _patched_forwards[cls]
 
