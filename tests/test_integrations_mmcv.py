@@ -131,6 +131,16 @@ def test_defaults_value_and_identity_are_query():
     torch.testing.assert_close(got, expected)
 
 
+def test_old_residual_argument_is_identity():
+    layer = DropIn(embed_dims=16, num_heads=2, num_levels=3, num_points=2, batch_first=True).eval()
+    _randomize(layer)
+    query, value, _, identity, reference, _ = _inputs(2, 4, 16, box=False)
+    kwargs = dict(value=value, reference_points=reference, spatial_shapes=SHAPES)
+    with pytest.warns(DeprecationWarning, match="residual"):
+        got = layer(query, residual=identity, **kwargs)
+    torch.testing.assert_close(got, layer(query, identity=identity, **kwargs))
+
+
 def test_parameters_and_initialisation_as_mmcv():
     layer = DropIn(embed_dims=32, num_heads=4, num_levels=3, num_points=2)
     assert set(layer.state_dict()) == MMCV_KEYS

@@ -15,6 +15,8 @@ Only ``value_proj_ratio=1.0`` (the default in both libraries) is supported.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -72,6 +74,7 @@ class MultiScaleDeformableAttention(_MsdaAttention):
         step = im2col_step if im2col_step is not None else (img2col_step if img2col_step is not None else 64)
         super().__init__(embed_dim=width, num_heads=num_heads, num_levels=num_levels, num_points=num_points, im2col_step=step)
         self.embed_dims = width
+        self.norm_cfg = norm_cfg
         self.batch_first = batch_first
         self.dropout = nn.Dropout(dropout)
 
@@ -105,13 +108,19 @@ class MultiScaleDeformableAttention(_MsdaAttention):
             reference_points: ``[B, Q, L, 2]`` points or ``[B, Q, L, 4]`` boxes, normalized,
                 always batch-first (as in mmcv).
             spatial_shapes: int64 ``[L, 2]`` (H, W); level_start_index: int64 ``[L]``.
-            **kwargs: ignored, as mmcv ignores extra keys its transformer layers pass.
+            **kwargs: ignored, as mmcv ignores extra keys its transformer layers pass; the
+                old name ``residual=`` for ``identity`` is honoured with a warning, as in mmcv.
 
         Returns:
             Same shape as ``query``.
         """
         if reference_points is None or spatial_shapes is None:
             raise ValueError("reference_points and spatial_shapes are required (got None)")
+        if "residual" in kwargs:
+            residual = kwargs.pop("residual")
+            warnings.warn("the argument 'residual' is deprecated in mmcv's MultiScaleDeformableAttention; use 'identity'", DeprecationWarning, stacklevel=2)
+            if identity is None:
+                identity = residual
         if value is None:
             value = query
         if identity is None:
