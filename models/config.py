@@ -62,13 +62,17 @@ class DeformableDetrConfig:
         encoder_ffn_dim, decoder_ffn_dim, encoder_n_points, decoder_n_points, num_feature_levels:
             transformer sizes.
         activation_function: one of ``ACTIVATIONS``.
-        dropout, attention_dropout, activation_dropout, encoder_layerdrop: regularisation.
-        init_std, init_xavier_std: initialisation.
+        dropout, attention_dropout, activation_dropout: regularisation.
+        encoder_layerdrop, max_position_embeddings, is_encoder_decoder, return_intermediate,
+        mask_loss_coefficient, dice_loss_coefficient, eos_coefficient: kept and saved for
+        compatibility; the detector does not use them (transformers' does not either).
+        init_std, init_xavier_std: kept and saved; our fresh weights follow the paper's
+            initialisation (Xavier, focal-loss prior for the class bias) instead.
         auxiliary_loss: add the losses of every decoder layer.
         position_embedding_type: ``"sine"`` or ``"learned"``.
         class_cost, bbox_cost, giou_cost: Hungarian matching weights.
-        bbox_loss_coefficient, giou_loss_coefficient, mask_loss_coefficient, dice_loss_coefficient,
-        eos_coefficient, focal_alpha: loss weights.
+        bbox_loss_coefficient, giou_loss_coefficient, focal_alpha: loss weights (``loss_ce`` has
+            weight 1, as in transformers).
         two_stage, two_stage_num_proposals, with_box_refine: variant switches.
         disable_custom_kernels: run the pure-PyTorch attention (for ONNX export).
         num_labels / id2label / label2id: classes of the detection head (default 2, like transformers).

@@ -24,8 +24,8 @@ from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, select_top_proposals
-from detr_blocks.valid_ratio import valid_ratios as compute_valid_ratios
 from detr_blocks.functional import refine_boxes
+from detr_blocks.valid_ratio import valid_ratios as compute_valid_ratios
 from models import checkpoints
 from models.backbone import BackboneWithPositions, ConvEncoder, build_backbone_body
 from models.config import DeformableDetrConfig
@@ -62,7 +62,7 @@ def _input_projections(config: DeformableDetrConfig, channels: list[int]) -> nn.
     for projection in projections:
         nn.init.xavier_uniform_(projection[0].weight, gain=1)
         nn.init.constant_(projection[0].bias, 0)
-    return projections if isinstance(projections, nn.ModuleList) else nn.ModuleList(projections)
+    return nn.ModuleList(projections)
 
 
 def _deformable_attention(config: DeformableDetrConfig, num_heads: int, num_points: int) -> MultiScaleDeformableAttention:
@@ -453,11 +453,8 @@ class DeformableDetrForObjectDetection(nn.Module):
                 config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
         else:
             raise FileNotFoundError(f"{path!r} is neither a checkpoint directory nor a file")
-        overrides = dict(config_overrides)
-        if "num_labels" in overrides and "id2label" not in overrides:
-            config = config.copy(**overrides)
-        elif overrides:
-            config = config.copy(**overrides)
+        if config_overrides:
+            config = config.copy(**config_overrides)
         # the checkpoint provides the backbone weights: never look for ImageNet ones
         build_config = config.copy(use_pretrained_backbone=False)
         model = cls(build_config)

@@ -1,7 +1,5 @@
 """Variants, backbone, outputs, freezing and padding behaviour of our models (no transformers needed)."""
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
