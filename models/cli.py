@@ -67,6 +67,9 @@ def _add_model_flags(parser: argparse.ArgumentParser, for_training: bool) -> Non
         "Deformable DETR config fields; --config JSON gives any of them, flags override it",
     )
     group.add_argument("--config", metavar="JSON", help="a DeformableDetrConfig JSON file (config.json layout)")
+    if not for_training:
+        group.add_argument("--trust-pickle", action="store_true",
+                           help="allow an original .pth that holds arbitrary Python objects (it can run code: trusted files only)")
     group.add_argument("--variant", choices=sorted(VARIANTS), help="paper variant (box_refine, two_stage, ...)")
     group.add_argument("--backbone", help="resnet18/34/50/101 or a timm model name")
     group.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction, default=None,
@@ -287,7 +290,7 @@ def load_detector(path: str, ns: Optional[argparse.Namespace] = None, device: st
             model = DeformableDetrForObjectDetection.from_pretrained(source)
             if (source / "preprocessor_config.json").is_file():
                 processor = DeformableDetrImageProcessor.from_pretrained(source)
-        elif source.name == STATE_FILE or source.suffix == ".pt" and _is_training_state(source):
+        elif source.name == STATE_FILE:
             state = load_training_state(source)
             config = DeformableDetrConfig.from_dict(state["config"]).copy(use_pretrained_backbone=False)
             model = DeformableDetrForObjectDetection(config)
@@ -305,14 +308,18 @@ def load_detector(path: str, ns: Optional[argparse.Namespace] = None, device: st
             if config is not None:
                 from models import checkpoints
 
-                original, _ = checkpoints.read_original_checkpoint(source)
+                original, _ = checkpoints.read_original_checkpoint(source, trust_pickle=bool(getattr(ns, "trust_pickle", False)))
                 converted, _ = checkpoints.convert_original_state_dict(original)
                 config = config.copy(num_labels=checkpoints.original_num_labels(converted))
-            model = DeformableDetrForObjectDetection.from_pretrained(source, config=config)
+            trust = bool(getattr(ns, "trust_pickle", False)) if ns is not None else False
+            model = DeformableDetrForObjectDetection.from_pretrained(source, config=config, trust_pickle=trust)
     except CliError:
         raise
     except (ValueError, RuntimeError, KeyError, OSError) as err:
-        raise CliError(f"--checkpoint {path!r}: cannot load it: {err}") from err
+        hint = ""
+        if source.is_file() and source.name != STATE_FILE:
+            hint = " (for an original .pth: give its variant with --config JSON or --variant and the model flags)"
+        raise CliError(f"--checkpoint {path!r}: cannot load it: {err}{hint}") from err
 
     if processor is None or image_size is not None or max_size is not None:
         base = processor.size if processor is not None else {"shortest_edge": 800, "longest_edge": 1333}
@@ -320,18 +327,6 @@ def load_detector(path: str, ns: Optional[argparse.Namespace] = None, device: st
     model.to(_device(device) if isinstance(device, str) else device)
     model.eval()
     return model, processor
-
-
-def _is_training_state(path: Path) -> bool:
-    from models.training import STATE_FORMAT
-
-    try:
-        import torch
-
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return False
-    return isinstance(data, dict) and data.get("format") == STATE_FORMAT
 
 
 def _open_image(path: str):
@@ -423,6 +418,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
         result = train(args, config)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if result.get("rank", 0) == 0:
         minutes = (time.time() - started) / 60
         print(f"training done in {minutes:.1f} min: {result['epoch']} epochs, {result['step']} steps; model in {Path(args.out) / 'model'}")
