@@ -195,3 +195,17 @@ def test_inference_backbone_folds_batch_norm_and_follows_weight_changes():
         body.layer4[0].conv1.weight.mul_(2.0)  # an in-place change must rebuild the folded copy
         refolded = body(pixels)[-1]
     torch.testing.assert_close(refolded, body(pixels)[-1].detach(), atol=1e-5 * refolded.abs().max().item(), rtol=1e-4)
+
+
+def test_bare_model_returns_decoder_states_without_heads():
+    from models import DeformableDetrModel
+
+    model = DeformableDetrModel(DeformableDetrConfig(**SMALL, use_pretrained_backbone=False)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.last_hidden_state.shape == (2, 10, 64)
+    assert out.encoder_last_hidden_state.shape[0] == 2 and out.enc_outputs_class is None
+    with pytest.raises(ValueError, match="two_stage"):
+        DeformableDetrModel(DeformableDetrConfig(**SMALL, with_box_refine=True, two_stage=True, use_pretrained_backbone=False))
+    with pytest.raises(TypeError, match="config"):
+        DeformableDetrModel({"d_model": 64})
