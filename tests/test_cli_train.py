@@ -139,3 +139,24 @@ def test_param_groups_follow_the_recipe():
 def test_training_args_are_checked(field, value):
     with pytest.raises(ValueError, match=field):
         TrainingArgs(data="d", out="o", **{field: value}).validate()
+
+
+def test_train_command_builds_the_run_from_flags(data, tmp_path, capsys):
+    from models.cli import main
+
+    out = tmp_path / "cli"
+    flags = ["--d-model", "32", "--enc-layers", "1", "--dec-layers", "1", "--heads", "2", "--ffn-dim", "32",
+             "--num-queries", "6", "--n-points", "2", "--num-workers", "0", "--no-progress"]
+    status = main(["train", "--data", str(data), "--out", str(out), "--preset", "demo", "--epochs", "1",
+                   "--max-steps-per-epoch", "1", "--image-size", "48", "--max-size", "48", *flags])
+    assert status == 0
+    state = load_training_state(out)
+    assert state["config"]["d_model"] == 32 and state["config"]["num_queries"] == 6 and state["config"]["two_stage"] is True
+    assert state["config"]["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
+    assert state["train_args"]["image_size"] == 48 and state["train_args"]["lr"] == 4e-4
+    assert (out / "model" / "model.safetensors").is_file()
+    assert "training done" in capsys.readouterr().out
+    assert main(["train", "--data", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "absent" in capsys.readouterr().err
+    assert main(["train", "--data", str(data), "--out", str(out), "--d-model", "33"]) == 2
+    assert "d_model" in capsys.readouterr().err
