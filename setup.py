@@ -41,6 +41,7 @@ setup(
             "onnxruntime",
             "onnxscript",
             "scikit-image",
+            "timm",
         ],
     },
     entry_points={"console_scripts": ["deformable-detr=models.cli:main"]},
