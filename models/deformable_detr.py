@@ -468,10 +468,14 @@ class DeformableDetrForObjectDetection(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
         """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) in the
-        Hugging Face layout; shared heads are written once, as ``transformers`` does."""
+        Hugging Face layout; shared heads are written once, as ``transformers`` does. The written
+        config has ``use_pretrained_backbone=False``, since the weights include the backbone."""
         os.makedirs(directory, exist_ok=True)
         data = self.config.to_dict()
         data.setdefault("architectures", ["DeformableDetrForObjectDetection"])
+        # the file holds the backbone weights: loading it (here or in transformers) must not
+        # go looking for ImageNet ones
+        data["use_pretrained_backbone"] = False
         DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoints.CONFIG_NAME))
         checkpoints.write_state_dict(self, directory, safe_serialization=safe_serialization)
 

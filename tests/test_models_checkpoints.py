@@ -143,5 +143,8 @@ def test_save_and_load_round_trip_keeps_config_and_weights(tmp_path):
     written = loaded.config.to_dict()
     assert written.pop("architectures") == ["DeformableDetrForObjectDetection"]
     assert written == source.config.to_dict() and loaded.config.id2label[4] == "c4"
+    source.config = source.config.copy(use_pretrained_backbone=True)
+    source.save_pretrained(tmp_path / "again")
+    assert models.DeformableDetrConfig.from_pretrained(tmp_path / "again").use_pretrained_backbone is False
     for (name, expected), actual in zip(source.state_dict().items(), loaded.state_dict().values()):
         torch.testing.assert_close(actual, expected, msg=name)
