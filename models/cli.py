@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="use this detector instead of the committed one")
     p.add_argument("--num-images", type=int, default=8, help="held-out images to draw detections on (default 8)")
     p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate on (default 100)")
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of the drawn detections")
+    p.add_argument("--threshold", type=float, default=0.3, help="score threshold of the drawn detections (default 0.3)")
     p.add_argument("--epochs", type=int, help="with --train: epochs (default: the demo recipe's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="auto")
