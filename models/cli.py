@@ -413,6 +413,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     _set_threads(ns.threads)
     args, config = build_train_setup(ns)
+    if ns.resume and not ns.config and not _model_overrides(ns):
+        config = None  # no model flags on the command line: continue with the checkpoint's own model
     started = time.time()
     try:
         result = train(args, config)

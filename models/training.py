@@ -405,7 +405,16 @@ def train(args: TrainingArgs, config=None) -> Dict:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"--resume {state['path']!r}: weights do not fit the model: {err}") from err
-        optimizer.load_state_dict(state["optimizer"])
+        saved_stem = state.get("train_args", {}).get("train_backbone_stem", False)
+        if saved_stem != args.train_backbone_stem:
+            raise ValueError(
+                f"--resume {state['path']!r}: the checkpoint was trained with train_backbone_stem={saved_stem}, "
+                f"this run asks for {args.train_backbone_stem}; resume with the same setting"
+            )
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:
+            raise ValueError(f"--resume {state['path']!r}: optimizer state does not fit this run's parameters: {err}") from err
         if scheduler is not None and state.get("lr_scheduler") is not None:
             scheduler.load_state_dict(state["lr_scheduler"])
         if state.get("scaler"):

@@ -156,6 +156,15 @@ def test_train_command_builds_the_run_from_flags(data, tmp_path, capsys):
     assert state["train_args"]["image_size"] == 48 and state["train_args"]["lr"] == 4e-4
     assert (out / "model" / "model.safetensors").is_file()
     assert "training done" in capsys.readouterr().out
+    # resuming from the command line without model flags continues with the checkpoint's model
+    resume = ["train", "--data", str(data), "--out", str(out), "--resume", str(out), "--epochs", "2",
+              "--max-steps-per-epoch", "1", "--image-size", "48", "--max-size", "48", "--num-workers", "0", "--no-progress"]
+    assert main(resume) == 2  # the paper preset does not train the stem: a different optimizer, named
+    assert "train_backbone_stem=True" in capsys.readouterr().err
+    assert main([*resume, "--preset", "demo"]) == 0
+    resumed = load_training_state(out)
+    assert resumed["epoch"] == 2 and resumed["step"] == 2 and resumed["config"] == state["config"]
+    assert "resumed from" in capsys.readouterr().out
     assert main(["train", "--data", str(tmp_path / "absent"), "--out", str(out)]) == 2
     assert "absent" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--out", str(out), "--d-model", "33"]) == 2
