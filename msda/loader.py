@@ -101,41 +101,53 @@ def cache_dir() -> Path:
 def build(with_cuda: bool, build_root: Path | None = None) -> Path:
     """Compile (or reuse) the extension and load it into this process; return the library's path.
 
-    Raises whatever the compiler raises; :func:`ensure_loaded` turns that into a fallback.
+    The library's name carries a hash of the sources, flags and torch version, so an existing file
+    is current and is loaded directly (no compiler, no ninja). Raises whatever the compiler raises;
+    :func:`ensure_loaded` turns that into a fallback.
     """
+    sources = _sources(with_cuda)
+    cflags = _cpu_flags()
+    name = _build_name(sources, cflags, with_cuda)
+    build_dir = (build_root or cache_dir()) / name
+    library = build_dir / f"{name}.so"
+    if library.exists():
+        torch.ops.load_library(str(library))
+        return library
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS even if this process dies
+        if library.exists():  # another process built it while we waited
+            torch.ops.load_library(str(library))
+            return library
+        wait = "several minutes" if with_cuda else "about a minute"
+        logger.warning("msda: compiling the %s extension on first use (%s, cached in %s)", "CPU+CUDA" if with_cuda else "CPU", wait, build_dir)
+        _compile(name, sources, cflags, build_dir, with_cuda)
+    return library
+
+
+def _compile(name: str, sources: list[Path], cflags: list[str], build_dir: Path, with_cuda: bool) -> None:
+    """Run the JIT build (ninja) into ``build_dir`` and load the result."""
     if "CUDA_HOME" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
         # torch guesses CUDA_HOME from the nvcc on PATH, which is wrong on some installs
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
     from torch.utils import cpp_extension
 
-    sources = _sources(with_cuda)
-    cflags = _cpu_flags()
-    name = _build_name(sources, cflags, with_cuda)
-    build_dir = (build_root or cache_dir()) / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    library = build_dir / f"{name}.so"
     extra: dict = {}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list())
         extra["extra_cuda_cflags"] = ["-O3"]
-    with open(build_dir / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS even if this process dies
-        if not library.exists():
-            wait = "several minutes" if with_cuda else "about a minute"
-            logger.warning("msda: compiling the %s extension on first use (%s, cached in %s)", "CPU+CUDA" if with_cuda else "CPU", wait, build_dir)
-        cpp_extension.load(
-            name=name,
-            sources=[str(s) for s in sources],
-            extra_cflags=cflags,
-            extra_ldflags=["-fopenmp"],
-            extra_include_paths=[str(source_dir())],
-            build_directory=str(build_dir),
-            is_python_module=False,
-            with_cuda=with_cuda,
-            verbose=_env_flag("MSDA_VERBOSE_BUILD") in ("1", "true", "yes"),
-            **extra,
-        )
-    return library
+    cpp_extension.load(
+        name=name,
+        sources=[str(s) for s in sources],
+        extra_cflags=cflags,
+        extra_ldflags=["-fopenmp"],
+        extra_include_paths=[str(source_dir())],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        with_cuda=with_cuda,
+        verbose=_env_flag("MSDA_VERBOSE_BUILD") in ("1", "true", "yes"),
+        **extra,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +201,11 @@ def _first_error_line(error: BaseException) -> str:
     errors = [line.strip() for line in lines if "error" in line.lower() and "build stopped" not in line]
     chosen = errors[0] if errors else (lines[-1] if lines else "")
     return f"{type(error).__name__}: {chosen[:300]}"
+
+
+def loaded(device_type: str) -> bool:
+    """Whether the compiled op for ``device_type`` is loaded already (never builds anything)."""
+    return bool(_state.get(device_type, False))
 
 
 def is_compiled(device_type: str) -> bool:

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from msda.op import ms_deform_attn
+from msda.op import compiled_op_available, ms_deform_attn
 from msda.reference import ms_deform_attn_reference
 from msda.validation import autocast_active
 
@@ -61,6 +61,10 @@ class MultiScaleDeformableAttention(nn.Module):
         self.value_proj = nn.Linear(embed_dim, embed_dim)
         self.output_proj = nn.Linear(embed_dim, embed_dim)
         self.reset_parameters()
+        if not use_reference:
+            # load (on first use: build) the compiled op now, eagerly, so that torch.compile and
+            # torch.export of a model holding this module trace the compiled op
+            compiled_op_available("cpu")
 
     def reset_parameters(self) -> None:
         """The paper's initialisation: offsets start on a ring of directions, one per head,

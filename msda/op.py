@@ -59,13 +59,16 @@ def register_python_side() -> None:
         _registered = True
 
 
-@torch.compiler.assume_constant_result
 def compiled_op_available(device_type: str) -> bool:
     """True when ``torch.ops.msda.ms_deform_attn`` has a compiled kernel for ``device_type``.
 
-    torch.compile / torch.export run this once while tracing and keep the answer, so a first call
-    under compile may build the extension without the build being traced.
+    Loads (and on first use builds) the extension. Under torch.compile / torch.export only what is
+    already loaded counts, as a plain read that the tracer folds into a constant: build the module
+    (``MultiScaleDeformableAttention`` loads the op on construction) or call the op once eagerly
+    before compiling, or the traced graph uses the reference.
     """
+    if torch.compiler.is_compiling():
+        return loader.loaded(device_type) and _registered
     if not loader.is_compiled(device_type):
         return False
     if not _registered:
