@@ -44,4 +44,10 @@ inline Dims check_and_get_dims(const at::Tensor& value, const at::Tensor& spatia
   return d;
 }
 
+inline void check_grad_output(const at::Tensor& grad_output, const Dims& d) {
+  TORCH_CHECK(grad_output.numel() == d.batch * d.queries * d.heads * d.channels,
+              "msda: grad_output must be [B, Q, M*D] = [", d.batch, ", ", d.queries, ", ", d.heads * d.channels,
+              "], got ", grad_output.sizes());
+}
+
 }  // namespace msda

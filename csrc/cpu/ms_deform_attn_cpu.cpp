@@ -256,9 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     int64_t im2col_step) {
   const Dims d = check_and_get_dims(value, spatial_shapes, level_start_index, sampling_locations,
                                     attention_weights, im2col_step);
-  TORCH_CHECK(grad_output.numel() == d.batch * d.queries * d.heads * d.channels,
-              "msda: grad_output must be [B, Q, M*D] = [", d.batch, ", ", d.queries, ", ", d.heads * d.channels,
-              "], got ", grad_output.sizes());
+  check_grad_output(grad_output, d);
   const auto levels = read_levels(spatial_shapes, level_start_index, d.spatial);
   auto grad_c = grad_output.to(value.scalar_type()).contiguous();
   auto value_c = value.contiguous();
