@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 VARIANTS = {
     "deformable_detr": {},
@@ -435,7 +434,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from models.coco_dataset import CocoDetection, load_coco_json, resolve_split
+    from models.coco_dataset import CocoDetection, resolve_split
     from models.evaluation import coco_metrics, predict_dataset, write_metrics
 
     if (ns.checkpoint is None) == (ns.predictions is None):

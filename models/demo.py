@@ -10,10 +10,9 @@ held-out images, or trains a new one first with ``train=True``.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict
 
 from models.synthetic_data import SyntheticSpec
 

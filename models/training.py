@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
@@ -35,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from models.augmentation import collate, eval_transforms, recipe_for_size, train_transforms
+from models.augmentation import collate, recipe_for_size, train_transforms
 from models.coco_dataset import CocoDetection, resolve_split
 
 STATE_FILE = "training_state.pt"
@@ -385,7 +384,8 @@ def train(args: TrainingArgs, config=None) -> Dict:
         config = config.copy(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
 
     seed_everything(args.seed)  # same initial weights on every process
-    model = DeformableDetrForObjectDetection(config)
+    # when resuming, the checkpoint supplies every weight: never look for ImageNet backbone weights
+    model = DeformableDetrForObjectDetection(config if state is None else config.copy(use_pretrained_backbone=False))
     if args.train_backbone_stem:
         for name, param in model.named_parameters():
             if any(key in name for key in BACKBONE_NAMES):
