@@ -89,9 +89,13 @@ class ResNetBody(nn.Module):
         output_stride: 32 (plain), 16 (last stage dilated: DC5) or 8.
         num_channels: input channels.
         pretrained: load torchvision's ImageNet weights from the local torch hub cache.
+        network: a prebuilt torchvision ``ResNet`` to take the stages from (``name`` then only
+            selects the stage widths).
     """
 
-    def __init__(self, name: str, out_indices: Sequence[int], output_stride: int = 32, num_channels: int = 3, pretrained: bool = False) -> None:
+    def __init__(
+        self, name: str, out_indices: Sequence[int], output_stride: int = 32, num_channels: int = 3, pretrained: bool = False, network: nn.Module | None = None
+    ) -> None:
         super().__init__()
         import torchvision
 
@@ -102,7 +106,8 @@ class ResNetBody(nn.Module):
         if output_stride != 32 and name in _BASIC_BLOCK_RESNETS:
             raise ValueError(f"dilation (output_stride {output_stride}) needs a bottleneck ResNet (resnet50/101) with torchvision; {name} has basic blocks (install timm to use it)")
         dilate = [False, output_stride == 8, output_stride <= 16]
-        network = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=dilate, norm_layer=nn.BatchNorm2d)
+        if network is None:
+            network = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=dilate, norm_layer=nn.BatchNorm2d)
         if pretrained:
             path, url = _torchvision_weights_file(name)
             if not os.path.isfile(path):
@@ -241,10 +246,7 @@ def build_backbone_body(config) -> nn.Module:
     The stem and ``layer1`` are not trained, as in the paper.
     """
     if config.backbone_config is not None:
-        raise NotImplementedError(
-            "backbone_config (a transformers AutoBackbone config) is not supported; use backbone='resnet50' "
-            "(or another torchvision/timm name) with use_timm_backbone=True"
-        )
+        return _resnet_from_transformers_config(config)
     kwargs = dict(config.backbone_kwargs or {})
     out_indices = tuple(kwargs.pop("out_indices", config.out_indices))
     num_channels = int(kwargs.pop("in_chans", config.num_channels))
@@ -264,3 +266,84 @@ def build_backbone_body(config) -> nn.Module:
             if not any(stage in parameter_name for stage in ("layer2", "layer3", "layer4")):
                 parameter.requires_grad_(False)
     return body
+
+
+# ------------------------------------------------------------------ transformers' own ResNet
+# ``use_timm_backbone=False`` checkpoints hold transformers' ResNet, which computes the same
+# function as torchvision's (stride in the 3x3 convolution) under other parameter names. We build
+# torchvision's and rename the keys on load and save (``models.checkpoints``).
+_HF_RESNET_DEFAULTS = {
+    "num_channels": 3, "embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048], "depths": [3, 4, 6, 3],
+    "layer_type": "bottleneck", "hidden_act": "relu", "downsample_in_first_stage": False, "downsample_in_bottleneck": False,
+}
+
+
+def _resnet_from_transformers_config(config) -> "ResNetBody":
+    import torchvision
+
+    settings = {**_HF_RESNET_DEFAULTS, **config.backbone_config}
+    if settings.get("model_type", "resnet") != "resnet":
+        raise NotImplementedError(f"backbone_config of model_type {settings.get('model_type')!r} is not supported; only transformers' 'resnet'")
+    bottleneck = settings["layer_type"] == "bottleneck"
+    widths = [256, 512, 1024, 2048] if bottleneck else [64, 128, 256, 512]
+    unsupported = {
+        "hidden_sizes": list(settings["hidden_sizes"]) != widths,
+        "embedding_size": settings["embedding_size"] != 64,
+        "depths": len(settings["depths"]) != 4,
+        "hidden_act": settings["hidden_act"] != "relu",
+        "downsample_in_first_stage": bool(settings["downsample_in_first_stage"]),
+        "downsample_in_bottleneck": bool(settings["downsample_in_bottleneck"]),
+    }
+    bad = [name for name, flag in unsupported.items() if flag]
+    if bad:
+        raise NotImplementedError(f"backbone_config fields {bad} describe a ResNet torchvision cannot build; supported: standard widths {widths}, 4 stages, relu, stride in the 3x3 convolution")
+    if config.use_pretrained_backbone:
+        raise ValueError("use_pretrained_backbone=True with a transformers ResNet backbone_config needs the hub; build with use_pretrained_backbone=False and load a checkpoint")
+    block = torchvision.models.resnet.Bottleneck if bottleneck else torchvision.models.resnet.BasicBlock
+    name = "resnet50" if bottleneck else "resnet18"
+    body = ResNetBody(name, config.out_indices, 32, int(settings["num_channels"]), pretrained=False,
+                      network=torchvision.models.resnet.ResNet(block, list(settings["depths"])))
+    for parameter_name, parameter in body.named_parameters():
+        if not any(stage in parameter_name for stage in ("layer2", "layer3", "layer4")):
+            parameter.requires_grad_(False)
+    return body
+
+
+_HF_TO_TORCHVISION = (
+    (r"^embedder\.embedder\.convolution\.", lambda m: "conv1."),
+    (r"^embedder\.embedder\.normalization\.", lambda m: "bn1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.", lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
+)
+_TORCHVISION_TO_HF = (
+    (r"^conv1\.", lambda m: "embedder.embedder.convolution."),
+    (r"^bn1\.", lambda m: "embedder.embedder.normalization."),
+    (r"^layer(\d)\.(\d+)\.downsample\.0\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut.convolution."),
+    (r"^layer(\d)\.(\d+)\.downsample\.1\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut.normalization."),
+    (r"^layer(\d)\.(\d+)\.conv(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[3]) - 1}.convolution."),
+    (r"^layer(\d)\.(\d+)\.bn(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[3]) - 1}.normalization."),
+)
+
+
+def _rename(key: str, rules) -> str:
+    import re
+
+    for pattern, replacement in rules:
+        renamed, count = re.subn(pattern, replacement, key)
+        if count:
+            return renamed
+    return key
+
+
+def hf_resnet_key_to_torchvision(key: str) -> str:
+    """A backbone-relative key of transformers' ResNet in torchvision's naming:
+    ``embedder.embedder.convolution.weight`` → ``conv1.weight``,
+    ``encoder.stages.S.layers.B.layer.K.normalization.bias`` → ``layer{S+1}.B.bn{K+1}.bias``, ..."""
+    return _rename(key, _HF_TO_TORCHVISION)
+
+
+def torchvision_key_to_hf_resnet(key: str) -> str:
+    """The inverse of ``hf_resnet_key_to_torchvision``."""
+    return _rename(key, _TORCHVISION_TO_HF)

@@ -246,10 +246,13 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous() for name, tensor in state.items() if name in keep}
 
 
-def write_state_dict(model: nn.Module, directory: str | os.PathLike, safe_serialization: bool = True) -> str:
-    """Write the unique tensors of ``model`` to ``directory`` (safetensors or pytorch_model.bin)."""
+def write_state_dict(model: nn.Module, directory: str | os.PathLike, safe_serialization: bool = True, rename=None) -> str:
+    """Write the unique tensors of ``model`` to ``directory`` (safetensors or pytorch_model.bin);
+    ``rename`` (a function on the whole dict) may change key names first."""
     os.makedirs(directory, exist_ok=True)
     tensors = unique_state_dict(model)
+    if rename is not None:
+        tensors = rename(tensors)
     if safe_serialization:
         from safetensors.torch import save_file
 
@@ -345,3 +348,28 @@ def load_state_dict_into(
         )
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+# ------------------------------------------------------- transformers' own ResNet (AutoBackbone)
+BACKBONE_PREFIX = "model.backbone.conv_encoder.model."
+
+
+def backbone_keys_from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the backbone keys of a ``use_timm_backbone=False`` checkpoint (transformers' ResNet
+    naming) to the torchvision naming our backbone uses."""
+    from models.backbone import hf_resnet_key_to_torchvision
+
+    return {
+        (BACKBONE_PREFIX + hf_resnet_key_to_torchvision(key[len(BACKBONE_PREFIX):]) if key.startswith(BACKBONE_PREFIX) else key): tensor
+        for key, tensor in state_dict.items()
+    }
+
+
+def backbone_keys_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``backbone_keys_from_transformers`` (for ``save_pretrained``)."""
+    from models.backbone import torchvision_key_to_hf_resnet
+
+    return {
+        (BACKBONE_PREFIX + torchvision_key_to_hf_resnet(key[len(BACKBONE_PREFIX):]) if key.startswith(BACKBONE_PREFIX) else key): tensor
+        for key, tensor in state_dict.items()
+    }

@@ -47,8 +47,9 @@ class DeformableDetrConfig:
     Args (all keyword, Hugging Face names and defaults):
         use_timm_backbone: build the backbone as ``timm`` would (``backbone_kwargs`` in timm's terms).
             ResNets are built with torchvision either way: their parameter names are the same.
-        backbone_config: a Hugging Face ``AutoBackbone`` config (dict). Accepted and kept so
-            that such a config.json loads, but models cannot be built from it.
+        backbone_config: with ``use_timm_backbone=False``, the ``transformers`` ResNet
+            (AutoBackbone) config as a dict (``model_type`` "resnet"; default: ResNet-50 with
+            ``out_features=["stage4"]``, as in transformers). Standard ResNet widths only.
         backbone: backbone name: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101`` (torchvision),
             or any ``timm`` model name when ``use_timm_backbone`` and timm is installed.
         use_pretrained_backbone: load ImageNet weights for the backbone (only from the local cache).
@@ -130,6 +131,11 @@ class DeformableDetrConfig:
         label2id: dict | None = None,
         **kwargs: Any,
     ) -> None:
+        if not use_timm_backbone and backbone in (None, "resnet50") and backbone_config is None:
+            # transformers' default for its own (AutoBackbone) ResNet: a ResNet-50, last stage only
+            backbone, backbone_config = None, {"model_type": "resnet", "out_features": ["stage4"]}
+        if hasattr(backbone_config, "to_dict"):  # a transformers config object
+            backbone_config = backbone_config.to_dict()
         if use_timm_backbone and backbone_kwargs is None:
             # what transformers fills in, so both libraries read the same dict
             backbone_kwargs = {}
@@ -244,6 +250,11 @@ class DeformableDetrConfig:
     @property
     def out_indices(self) -> tuple[int, ...]:
         """ResNet stages (1-4) whose outputs feed the transformer."""
+        if self.backbone_config is not None:
+            if self.backbone_config.get("out_indices"):
+                return tuple(int(index) for index in self.backbone_config["out_indices"])
+            names = self.backbone_config.get("out_features") or ["stage4"]
+            return tuple(int(str(name).replace("stage", "")) for name in names if str(name) != "stem")
         kwargs = self.backbone_kwargs or {}
         if "out_indices" in kwargs:
             return tuple(int(index) for index in kwargs["out_indices"])

@@ -443,6 +443,8 @@ class DeformableDetrForObjectDetection(nn.Module):
             if config is None:
                 config = DeformableDetrConfig.from_pretrained(path)
             state_dict = checkpoints.read_state_dict(path)
+            if config.backbone_config is not None:  # transformers' own ResNet: its names → torchvision's
+                state_dict = checkpoints.backbone_keys_from_transformers(state_dict)
             unmapped: list[str] = []
         elif os.path.isfile(path):
             original, args = checkpoints.read_original_checkpoint(path, trust_pickle=trust_pickle)
@@ -477,7 +479,8 @@ class DeformableDetrForObjectDetection(nn.Module):
         # go looking for ImageNet ones
         data["use_pretrained_backbone"] = False
         DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoints.CONFIG_NAME))
-        checkpoints.write_state_dict(self, directory, safe_serialization=safe_serialization)
+        rename = checkpoints.backbone_keys_to_transformers if self.config.backbone_config is not None else None
+        checkpoints.write_state_dict(self, directory, safe_serialization=safe_serialization, rename=rename)
 
 
 # WORKAROUND (tell the lead): the package exports a factory ``models.deformable_detr`` and a

@@ -134,3 +134,36 @@ def test_transformers_loads_what_we_save(tmp_path, variant, safe_serialization):
     pixel_values, pixel_mask = inputs()
     with torch.no_grad():
         assert_outputs_close(reference(pixel_values=pixel_values, pixel_mask=pixel_mask), again.eval()(pixel_values=pixel_values, pixel_mask=pixel_mask))
+
+
+@pytest.mark.parametrize(
+    "backbone_config",
+    [
+        {"layer_type": "basic", "hidden_sizes": [64, 128, 256, 512], "depths": [1, 1, 1, 1], "out_features": ["stage2", "stage3", "stage4"]},
+        {"depths": [1, 1, 1, 1], "out_features": ["stage4"]},
+    ],
+    ids=["basic_3_levels", "bottleneck_last_stage"],
+)
+def test_transformers_own_resnet_backbone_both_ways(tmp_path, backbone_config):
+    """``use_timm_backbone=False``: transformers' ResNet names are renamed to torchvision's and back."""
+    settings = {**SMALL, "backbone": None, "use_timm_backbone": False, "backbone_config": transformers.ResNetConfig(**backbone_config)}
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = transformers.DeformableDetrForObjectDetection(transformers.DeformableDetrConfig(**settings)).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    reference.save_pretrained(tmp_path / "hf")
+    model, report = DeformableDetrForObjectDetection.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert report.clean, report.describe()
+    assert "layer4.0.conv1.weight" in dict(model.model.backbone.conv_encoder.model.named_parameters())
+    pixel_values, pixel_mask = inputs()
+    with torch.no_grad():
+        expected = reference(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        assert_outputs_close(expected, model(pixel_values, pixel_mask))
+    model.save_pretrained(tmp_path / "ours")
+    again, info = transformers.DeformableDetrForObjectDetection.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    with torch.no_grad():
+        assert_outputs_close(expected, again.eval()(pixel_values=pixel_values, pixel_mask=pixel_mask))

@@ -100,7 +100,9 @@ def test_pretrained_backbone_outside_the_cache_says_how_to_provide_it(tmp_path, 
     with pytest.raises(FileNotFoundError, match="use_pretrained_backbone=False"):
         build_backbone_body(DeformableDetrConfig(backbone="resnet18"))
     with pytest.raises(NotImplementedError, match="backbone_config"):
-        build_backbone_body(DeformableDetrConfig(use_timm_backbone=False, backbone=None, backbone_config={"model_type": "resnet"}))
+        build_backbone_body(DeformableDetrConfig(use_timm_backbone=False, backbone=None, backbone_config={"model_type": "convnext"}))
+    with pytest.raises(NotImplementedError, match="hidden_sizes"):
+        build_backbone_body(DeformableDetrConfig(use_timm_backbone=False, backbone_config={"hidden_sizes": [32, 64, 128, 256]}, use_pretrained_backbone=False, backbone=None))
 
 
 def test_pretrained_backbone_loads_from_the_local_cache(tmp_path, monkeypatch):
