@@ -19,7 +19,10 @@ setup(
     python_requires=">=3.10",
     packages=["msda", "msda.integrations", "msda.csrc", "detr_blocks", "models"],
     package_dir={"msda.csrc": "csrc"},
-    package_data={"msda.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.h"]},
+    package_data={
+        "models": ["demo_checkpoint/*.json", "demo_checkpoint/*.jsonl", "demo_checkpoint/*.safetensors"],
+        "msda.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.h"],
+    },
     include_package_data=False,
     install_requires=[
         "torch>=2.4",
