@@ -43,6 +43,7 @@ setup(
             "onnx",
             "onnxruntime",
             "onnxscript",
+            "onnx-ir",
             "scikit-image",
             "timm",
         ],

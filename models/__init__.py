@@ -10,8 +10,8 @@ import importlib
 
 _EXPORTS = {
     "DeformableDetrConfig": "models.config",
-    "DeformableDetrModel": "models.deformable_detr",
-    "DeformableDetrForObjectDetection": "models.deformable_detr",
+    "DeformableDetrModel": "models.modeling",
+    "DeformableDetrForObjectDetection": "models.modeling",
     "deformable_detr": "models.variants",
     "deformable_detr_single_scale": "models.variants",
     "deformable_detr_single_scale_dc5": "models.variants",

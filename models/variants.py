@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.config import DeformableDetrConfig
-from models.deformable_detr import DeformableDetrForObjectDetection
+from models.modeling import DeformableDetrForObjectDetection
 
 
 def _build(overrides: dict[str, Any], **variant: Any) -> DeformableDetrForObjectDetection:

@@ -17,7 +17,7 @@ SMALL = dict(
 )
 
 # Our name -> the original repository's name, written out from its models/deformable_transformer.py
-# and models/deformable_detr.py (independent of models/checkpoints.py).
+# and models/modeling.py (independent of models/checkpoints.py).
 TO_ORIGINAL = [
     (r"^model\.backbone\.conv_encoder\.model\.", "backbone.0.body."),
     (r"^model\.level_embed$", "transformer.level_embed"),

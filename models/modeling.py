@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import types
 from typing import Any
 
 import torch
@@ -481,17 +479,3 @@ class DeformableDetrForObjectDetection(nn.Module):
         DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoints.CONFIG_NAME))
         rename = checkpoints.backbone_keys_to_transformers if self.config.backbone_config is not None else None
         checkpoints.write_state_dict(self, directory, safe_serialization=safe_serialization, rename=rename)
-
-
-# WORKAROUND (tell the lead): the package exports a factory ``models.deformable_detr`` and a
-# submodule of the same name; once the submodule is imported, ``models.deformable_detr`` is this
-# module, not the factory. Making the module callable keeps ``models.deformable_detr(**overrides)``
-# working either way. Renaming this file (e.g. to ``models/modeling.py``) would remove the clash.
-class _CallableModule(types.ModuleType):
-    def __call__(self, **overrides: Any) -> DeformableDetrForObjectDetection:
-        from models.variants import deformable_detr
-
-        return deformable_detr(**overrides)
-
-
-sys.modules[__name__].__class__ = _CallableModule
