@@ -42,7 +42,7 @@ setup(
             "transformers==4.57.6",
             "onnx",
             "onnxruntime",
-            "onnxscript",
+            "onnxscript==0.7.2",
             "onnx-ir",
             "scikit-image",
             "timm",
