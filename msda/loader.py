@@ -110,18 +110,22 @@ def build(with_cuda: bool, build_root: Path | None = None) -> Path:
     name = _build_name(sources, cflags, with_cuda)
     build_dir = (build_root or cache_dir()) / name
     library = build_dir / f"{name}.so"
-    if library.exists():
+    # written only after a build finished and loaded, so a library that a concurrent build is still
+    # linking is never picked up
+    complete = build_dir / "complete"
+    if complete.exists():
         torch.ops.load_library(str(library))
         return library
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS even if this process dies
-        if library.exists():  # another process built it while we waited
+        if complete.exists():  # another process built it while we waited
             torch.ops.load_library(str(library))
             return library
         wait = "several minutes" if with_cuda else "about a minute"
         logger.warning("msda: compiling the %s extension on first use (%s, cached in %s)", "CPU+CUDA" if with_cuda else "CPU", wait, build_dir)
         _compile(name, sources, cflags, build_dir, with_cuda)
+        complete.touch()
     return library
 
 
