@@ -47,3 +47,11 @@ def random_inputs(
     weights = weights / weights.sum((-1, -2), keepdim=True)
     as_dtype = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
     return as_dtype(value), spatial_shapes, level_start_index, as_dtype(locations), as_dtype(weights)
+
+
+def output_and_grads(fn, inputs, grad_output: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Run ``fn`` (the op or the reference) on ``inputs``; return its output and the gradients for
+    value, sampling_locations and attention_weights under ``grad_output``."""
+    value, shapes, starts, locations, weights = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    output = fn(value, shapes, starts, locations, weights)
+    return output.detach(), torch.autograd.grad(output, (value, locations, weights), grad_output)

@@ -10,7 +10,7 @@ import torch
 
 import msda
 from msda import ms_deform_attn, ms_deform_attn_reference
-from tests.msda_inputs import random_inputs
+from tests.msda_inputs import output_and_grads, random_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
 
@@ -23,11 +23,6 @@ CASES = [
 ]
 
 
-def _grads(fn, inputs, grad_output):
-    value, shapes, starts, locations, weights = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
-    output = fn(value, shapes, starts, locations, weights)
-    return output.detach(), torch.autograd.grad(output, (value, locations, weights), grad_output)
-
 
 def test_cuda_kernel_is_active():
     assert msda.active_implementation("cuda").name == "compiled-cuda", msda.active_implementation("cuda").reason
@@ -39,9 +34,9 @@ def test_forward_and_gradients_against_fp64_reference(dtype, case):
     inputs = random_inputs(**CASES[case], dtype=dtype, device="cuda", seed=case)
     spec = CASES[case]
     grad_output = torch.randn(spec["batch"], spec["queries"], spec["heads"] * spec["channels"], device="cuda").to(dtype)
-    ours, our_grads = _grads(ms_deform_attn, inputs, grad_output)
+    ours, our_grads = output_and_grads(ms_deform_attn, inputs, grad_output)
     upcast = [t.double() if t.is_floating_point() else t for t in inputs]
-    ref, ref_grads = _grads(ms_deform_attn_reference, upcast, grad_output.double())
+    ref, ref_grads = output_and_grads(ms_deform_attn_reference, upcast, grad_output.double())
     assert ours.dtype == dtype
     tolerance = TOLERANCE[dtype]
     torch.testing.assert_close(ours.double(), ref, rtol=tolerance, atol=tolerance * max(1.0, ref.abs().max().item()))
@@ -59,8 +54,8 @@ def test_gradcheck_fp64():
 def test_cpu_and_cuda_agree():
     cpu = random_inputs(**CASES[0], dtype=torch.float32)
     grad_output = torch.randn(2, 13, 128)
-    cpu_out, cpu_grads = _grads(ms_deform_attn, cpu, grad_output)
-    cuda_out, cuda_grads = _grads(ms_deform_attn, [t.cuda() for t in cpu], grad_output.cuda())
+    cpu_out, cpu_grads = output_and_grads(ms_deform_attn, cpu, grad_output)
+    cuda_out, cuda_grads = output_and_grads(ms_deform_attn, [t.cuda() for t in cpu], grad_output.cuda())
     torch.testing.assert_close(cuda_out.cpu(), cpu_out, rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(cuda_grads, cpu_grads):
         torch.testing.assert_close(mine.cpu(), theirs, rtol=1e-4, atol=1e-4)

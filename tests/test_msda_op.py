@@ -10,19 +10,13 @@ import torch
 
 import msda
 from msda import ms_deform_attn, ms_deform_attn_reference
-from tests.msda_inputs import level_tensors, random_inputs
+from tests.msda_inputs import level_tensors, output_and_grads, random_inputs
 
 pytestmark = pytest.mark.skipif(
     msda.active_implementation("cpu").name != "compiled-cpu",
     reason=f"compiled CPU kernel unavailable: {msda.active_implementation('cpu').reason}",
 )
 
-
-def _grads(fn, inputs, grad_output):
-    value, shapes, starts, locations, weights = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
-    output = fn(value, shapes, starts, locations, weights)
-    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
-    return output.detach(), grads
 
 
 def _random_case(seed: int) -> dict:
@@ -43,8 +37,8 @@ def test_forward_and_gradients_match_reference_fp64(seed):
     case = _random_case(seed)
     inputs = random_inputs(**case, seed=seed)
     grad_output = torch.randn(case["batch"], case["queries"], case["heads"] * case["channels"], dtype=torch.float64)
-    ours, our_grads = _grads(ms_deform_attn, inputs, grad_output)
-    ref, ref_grads = _grads(ms_deform_attn_reference, inputs, grad_output)
+    ours, our_grads = output_and_grads(ms_deform_attn, inputs, grad_output)
+    ref, ref_grads = output_and_grads(ms_deform_attn_reference, inputs, grad_output)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
     for name, mine, theirs in zip(("value", "sampling_locations", "attention_weights"), our_grads, ref_grads):
         torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"grad {n}: {m}")
@@ -65,8 +59,8 @@ def test_low_precision_dtypes_against_fp64(dtype, tolerance):
     grad_output = torch.randn(2, 10, 4 * 32, dtype=torch.float64).to(dtype)
     low = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
     # the fp64 reference sees the same (rounded) inputs, so only the kernel's own rounding is measured
-    ref, ref_grads = _grads(ms_deform_attn_reference, [t.double() if t.is_floating_point() else t for t in low], grad_output.double())
-    ours, our_grads = _grads(ms_deform_attn, low, grad_output)
+    ref, ref_grads = output_and_grads(ms_deform_attn_reference, [t.double() if t.is_floating_point() else t for t in low], grad_output.double())
+    ours, our_grads = output_and_grads(ms_deform_attn, low, grad_output)
     assert ours.dtype == dtype and all(g.dtype == dtype for g in our_grads)
     scale = lambda t: tolerance * max(1.0, t.abs().max().item())  # noqa: E731
     torch.testing.assert_close(ours.double(), ref, rtol=0, atol=scale(ref))
@@ -82,8 +76,8 @@ def test_non_contiguous_inputs():
     weights_t = weights.transpose(1, 4).contiguous().transpose(1, 4)
     assert not value_t.is_contiguous() and not locations_t.is_contiguous() and not weights_t.is_contiguous()
     grad_output = torch.randn(2, 7, 24, dtype=torch.float64)
-    ours, our_grads = _grads(ms_deform_attn, (value_t, shapes, starts, locations_t, weights_t), grad_output)
-    ref, ref_grads = _grads(ms_deform_attn_reference, (value, shapes, starts, locations, weights), grad_output)
+    ours, our_grads = output_and_grads(ms_deform_attn, (value_t, shapes, starts, locations_t, weights_t), grad_output)
+    ref, ref_grads = output_and_grads(ms_deform_attn_reference, (value, shapes, starts, locations, weights), grad_output)
     torch.testing.assert_close(ours, ref)
     for mine, theirs in zip(our_grads, ref_grads):
         torch.testing.assert_close(mine, theirs)
