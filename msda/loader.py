@@ -44,6 +44,10 @@ def _env_flag(name: str) -> str | None:
     return None if value is None or value == "" else value.strip().lower()
 
 
+def _env_true(name: str) -> bool:
+    return _env_flag(name) in ("1", "true", "yes")
+
+
 def _cpu_flags() -> list[str]:
     flags = ["-O3", "-fopenmp", "-fno-trapping-math"]  # the C++ standard is torch's choice (C++20 for torch >= 2.10)
     capability = torch.backends.cpu.get_cpu_capability()
@@ -66,7 +70,7 @@ def wants_cuda() -> bool:
     flag = _env_flag("MSDA_BUILD_CUDA")
     if flag in ("0", "false", "no"):
         return False
-    if flag in ("1", "true", "yes"):
+    if _env_true("MSDA_BUILD_CUDA"):
         return True
     return torch.cuda.is_available()
 
@@ -149,7 +153,7 @@ def _compile(name: str, sources: list[Path], cflags: list[str], build_dir: Path,
         build_directory=str(build_dir),
         is_python_module=False,
         with_cuda=with_cuda,
-        verbose=_env_flag("MSDA_VERBOSE_BUILD") in ("1", "true", "yes"),
+        verbose=_env_true("MSDA_VERBOSE_BUILD"),
         **extra,
     )
 
@@ -176,7 +180,7 @@ def ensure_loaded() -> None:
     with _lock:
         if _state["tried"]:
             return
-        if _env_flag("MSDA_FORCE_REFERENCE") in ("1", "true", "yes"):
+        if _env_true("MSDA_FORCE_REFERENCE"):
             _state.update(tried=True, reason="MSDA_FORCE_REFERENCE is set")
             return
         with_cuda = wants_cuda()
@@ -213,8 +217,9 @@ def loaded(device_type: str) -> bool:
 
 
 def is_compiled(device_type: str) -> bool:
+    """Whether the compiled op serves ``device_type``; loads (on first use: builds) it."""
     ensure_loaded()
-    return bool(_state.get(device_type, False))
+    return loaded(device_type)
 
 
 def active_implementation(device: str | torch.device = "cpu") -> Implementation:
