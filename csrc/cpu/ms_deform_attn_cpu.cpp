@@ -28,35 +28,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "levels.h"
+#include "ms_deform_attn_cpu_fp32.h"
 #include "ms_deform_attn_checks.h"
+#include "scratch.h"
 
 namespace msda {
 namespace {
-
-struct Level {
-  int64_t height, width, start;
-};
-
-std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
-                               int64_t spatial) {
-  auto shapes = spatial_shapes.contiguous();
-  auto starts = level_start_index.contiguous();
-  const int64_t* s = shapes.data_ptr<int64_t>();
-  const int64_t* st = starts.data_ptr<int64_t>();
-  std::vector<Level> levels;
-  int64_t expected_start = 0;
-  for (int64_t l = 0; l < shapes.size(0); ++l) {
-    TORCH_CHECK(s[2 * l] > 0 && s[2 * l + 1] > 0, "msda: spatial_shapes[", l, "] must be positive, got (",
-                s[2 * l], ", ", s[2 * l + 1], ")");
-    TORCH_CHECK(st[l] == expected_start, "msda: level_start_index[", l, "] must be ", expected_start, ", got ",
-                st[l]);
-    levels.push_back({s[2 * l], s[2 * l + 1], st[l]});
-    expected_start += s[2 * l] * s[2 * l + 1];
-  }
-  TORCH_CHECK(expected_start == spatial, "msda: spatial_shapes areas sum to ", expected_start,
-              " but value has S=", spatial);
-  return levels;
-}
 
 // Bilinear corners of one sampling point. Corner k (order (y0, x0), (y0, x1), (y1, x0), (y1, x1))
 // has position pos[k] in [0, S), or -1 when outside the map, and bilinear weight bw[k] (0 when
@@ -231,15 +209,34 @@ void dispatch_channels(int64_t channels, Body&& body) {
   }
 }
 
+// Whether the fp32 kernels should copy value into padded head-major maps (see
+// ms_deform_attn_cpu_fp32.h): when the queries sample the maps many times over, as in the encoder.
+bool use_padded_maps(const Dims& d) { return d.queries * d.levels * d.points >= d.spatial; }
+
 at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                               const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                               const at::Tensor& attention_weights, int64_t im2col_step) {
   const Dims d = check_and_get_dims(value, spatial_shapes, level_start_index, sampling_locations,
                                     attention_weights, im2col_step);
   const auto levels = read_levels(spatial_shapes, level_start_index, d.spatial);
-  auto value_c = value.contiguous();
   auto locations_c = sampling_locations.contiguous();
   auto weights_c = attention_weights.contiguous();
+  if (value.scalar_type() == at::kFloat && fp32_kernels_apply(d)) {
+    auto output = at::empty({d.batch, d.queries, d.heads * d.channels}, value.options());
+    if (output.numel() == 0) return output;
+    if (use_padded_maps(d)) {
+      const PaddedMaps maps = padded_maps(levels);
+      auto padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, maps.positions, d.channels});
+      copy_to_padded_maps(value.stride(3) == 1 ? value : value.contiguous(), levels, maps, padded.data_ptr<float>(), d);
+      forward_fp32_padded(padded.data_ptr<float>(), maps, levels, locations_c.data_ptr<float>(),
+                          weights_c.data_ptr<float>(), output.data_ptr<float>(), d);
+    } else {
+      forward_fp32_in_place(value.stride(3) == 1 ? value : value.contiguous(), levels, locations_c.data_ptr<float>(),
+                            weights_c.data_ptr<float>(), output.data_ptr<float>(), d);
+    }
+    return output;
+  }
+  auto value_c = value.contiguous();
   auto output = at::zeros({d.batch, d.queries, d.heads * d.channels}, value.options());
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_cpu", [&] {
@@ -261,9 +258,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   check_grad_output(grad_output, d);
   const auto levels = read_levels(spatial_shapes, level_start_index, d.spatial);
   auto grad_c = grad_output.to(value.scalar_type()).contiguous();
-  auto value_c = value.contiguous();
   auto locations_c = sampling_locations.contiguous();
   auto weights_c = attention_weights.contiguous();
+  if (value.scalar_type() == at::kFloat && fp32_kernels_apply(d)) {
+    // every location and weight gets its gradient written
+    auto grad_locations = at::empty_like(locations_c);
+    auto grad_weights = at::empty_like(weights_c);
+    if (grad_locations.numel() == 0) return {at::zeros_like(value), grad_locations, grad_weights};
+    if (use_padded_maps(d)) {
+      const PaddedMaps maps = padded_maps(levels);
+      auto padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, maps.positions, d.channels});
+      copy_to_padded_maps(value.stride(3) == 1 ? value : value.contiguous(), levels, maps, padded.data_ptr<float>(), d);
+      auto grad_padded = scratch_tensor(ScratchSlot::kGradValue, {d.batch, d.heads, maps.positions, d.channels});
+      grad_padded.zero_();
+      backward_fp32_padded(grad_c.data_ptr<float>(), padded.data_ptr<float>(), maps, levels,
+                           locations_c.data_ptr<float>(), weights_c.data_ptr<float>(), grad_padded.data_ptr<float>(),
+                           grad_locations.data_ptr<float>(), grad_weights.data_ptr<float>(), d);
+      auto grad_value = at::empty(value.sizes(), value.options());
+      copy_from_padded_maps(grad_padded.data_ptr<float>(), levels, maps, grad_value, d);
+      return {grad_value, grad_locations, grad_weights};
+    }
+    auto value_c = value.contiguous();
+    auto grad_value = at::zeros(value.sizes(), value.options());
+    backward_fp32_in_place(grad_c.data_ptr<float>(), value_c, levels, locations_c.data_ptr<float>(),
+                           weights_c.data_ptr<float>(), grad_value.data_ptr<float>(), grad_locations.data_ptr<float>(),
+                           grad_weights.data_ptr<float>(), d);
+    return {grad_value, grad_locations, grad_weights};
+  }
+  auto value_c = value.contiguous();
   auto grad_locations = at::zeros_like(locations_c);
   auto grad_weights = at::zeros_like(weights_c);
   // Half types accumulate grad_value in fp32 and convert once at the end.

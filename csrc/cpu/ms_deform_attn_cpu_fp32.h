@@ -1,0 +1,58 @@
+// Vectorised fp32 kernels for channel counts that are a multiple of 8 (Deformable DETR's D = 32
+// among them). ms_deform_attn_cpu.cpp picks them when fp32_kernels_apply() says so and keeps the
+// scalar kernels for everything else.
+//
+// They read value in one of two layouts:
+//  - in place: the caller's tensor, any strides with contiguous channels;
+//  - padded maps: a head-major copy [B, M, S', D] in which every level map has a one-pixel border of
+//    zeros, followed by a tail of zeros. All four bilinear corners of a point inside a map are then
+//    inside the padded map, so the kernels need no per-corner bounds checks and address the corners
+//    as (p, p + 1, p + W', p + W' + 1) from one position p. One head's corners are 128-byte
+//    neighbours instead of M·D·4 bytes apart. The copy pays for itself when the queries sample the
+//    maps many times over (the encoder: Q·L·P >= S), not for the decoder's few queries.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "levels.h"
+#include "ms_deform_attn_checks.h"
+
+namespace msda {
+
+bool fp32_kernels_apply(const Dims& d);
+
+// Where level maps sit in the padded head-major layout.
+struct PaddedMaps {
+  std::vector<Level> levels;  // padded (H + 2, W + 2) and start of each level
+  int64_t zeros_start;        // first position of the zero tail (points outside every map read it)
+  int64_t positions;          // S': all padded maps plus the tail
+};
+
+PaddedMaps padded_maps(const std::vector<Level>& levels);
+
+// Fills padded[B, M, S', D] from value[B, S, M, D] (channels contiguous), zeros included.
+void copy_to_padded_maps(const at::Tensor& value, const std::vector<Level>& levels, const PaddedMaps& maps,
+                         float* padded, const Dims& d);
+
+// grad_value[B, S, M, D] (contiguous) from the map interiors of padded[B, M, S', D].
+void copy_from_padded_maps(const float* padded, const std::vector<Level>& levels, const PaddedMaps& maps,
+                           at::Tensor& grad_value, const Dims& d);
+
+// value: the caller's tensor (in place) or padded maps; output [B, Q, M*D].
+void forward_fp32_in_place(const at::Tensor& value, const std::vector<Level>& levels, const float* locations,
+                           const float* weights, float* output, const Dims& d);
+void forward_fp32_padded(const float* padded, const PaddedMaps& maps, const std::vector<Level>& levels,
+                         const float* locations, const float* weights, float* output, const Dims& d);
+
+// grad_value in the layout value is read in: grad_value [B, S, M, D] contiguous for the in-place
+// kernel (value must be contiguous too), [B, M, S', D] for the padded one (borders get garbage).
+void backward_fp32_in_place(const float* grad_output, const at::Tensor& value, const std::vector<Level>& levels,
+                            const float* locations, const float* weights, float* grad_value, float* grad_locations,
+                            float* grad_weights, const Dims& d);
+void backward_fp32_padded(const float* grad_output, const float* padded, const PaddedMaps& maps,
+                          const std::vector<Level>& levels, const float* locations, const float* weights,
+                          float* grad_padded, float* grad_locations, float* grad_weights, const Dims& d);
+
+}  // namespace msda

@@ -1,0 +1,94 @@
+// Eight-lane float / int32 vectors written with the GCC/Clang vector extension, so the same code
+// becomes AVX2 (or AVX-512VL) on x86, NEON on ARM and SSE on older x86, whatever flags the JIT
+// build was given. Only used where MSDA_HAVE_VEC8 is defined (GCC >= 9 or Clang); other compilers
+// use the scalar kernels.
+#pragma once
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MSDA_HAVE_VEC8 1
+
+#include <cstdint>
+
+namespace msda {
+namespace vec8 {
+
+constexpr int kLanes = 8;
+
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef float f8_unaligned __attribute__((vector_size(32), aligned(4)));
+typedef int32_t i8_unaligned __attribute__((vector_size(32), aligned(4)));
+
+#if defined(__clang__) || __GNUC__ >= 12
+#define MSDA_SHUFFLE2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define MSDA_SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, (::msda::vec8::i8){__VA_ARGS__})
+#endif
+
+typedef int64_t i4x64 __attribute__((vector_size(32)));
+typedef int64_t i4x64_unaligned __attribute__((vector_size(32), aligned(8)));
+
+inline f8 load(const float* p) { return *reinterpret_cast<const f8_unaligned*>(p); }
+inline i8 load(const int32_t* p) { return *reinterpret_cast<const i8_unaligned*>(p); }
+inline void store(float* p, f8 v) { *reinterpret_cast<f8_unaligned*>(p) = v; }
+inline void store(int32_t* p, i8 v) { *reinterpret_cast<i8_unaligned*>(p) = v; }
+inline f8 broadcast(float s) { return f8{s, s, s, s, s, s, s, s}; }
+inline f8 to_float(i8 v) { return __builtin_convertvector(v, f8); }
+
+// Largest integer <= x, for x >= -1 (callers clamp first): truncation, then one down where it
+// rounded up (negative non-integers).
+inline i8 floor_to_int(f8 x) {
+  const i8 t = __builtin_convertvector(x, i8);
+  return t + (x < to_float(t));  // a true comparison is -1
+}
+
+// Pointers base + index[j] * stride for the eight lanes, or `outside` where index[j] < 0.
+// (index * stride must fit in int32; the caller checks.)
+inline void store_pointers(const float** out, i8 index, const float* base, int32_t stride, const float* outside) {
+  const i8 offset = index * stride;
+  const i8 in = index >= 0;
+  const i4x64 base_v = i4x64{} + reinterpret_cast<int64_t>(base);
+  const i4x64 outside_v = i4x64{} + reinterpret_cast<int64_t>(outside);
+  const i4x64 lo = base_v + (__builtin_convertvector(MSDA_SHUFFLE2(offset, offset, 0, 1, 2, 3), i4x64) << 2);
+  const i4x64 hi = base_v + (__builtin_convertvector(MSDA_SHUFFLE2(offset, offset, 4, 5, 6, 7), i4x64) << 2);
+  const i4x64 in_lo = __builtin_convertvector(MSDA_SHUFFLE2(in, in, 0, 1, 2, 3), i4x64);
+  const i4x64 in_hi = __builtin_convertvector(MSDA_SHUFFLE2(in, in, 4, 5, 6, 7), i4x64);
+  static_assert(sizeof(const float*) == sizeof(int64_t), "64-bit pointers");
+  *reinterpret_cast<i4x64_unaligned*>(out) = in_lo ? lo : outside_v;
+  *reinterpret_cast<i4x64_unaligned*>(out + 4) = in_hi ? hi : outside_v;
+}
+
+// Splits eight interleaved (x, y) pairs xy[0..15] into x and y.
+inline void deinterleave(const float* xy, f8& x, f8& y) {
+  const f8 a = load(xy), b = load(xy + kLanes);
+  x = MSDA_SHUFFLE2(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+  y = MSDA_SHUFFLE2(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+// Writes x, y as eight interleaved (x, y) pairs.
+inline void interleave_store(float* xy, f8 x, f8 y) {
+  store(xy, MSDA_SHUFFLE2(x, y, 0, 8, 1, 9, 2, 10, 3, 11));
+  store(xy + kLanes, MSDA_SHUFFLE2(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
+}
+
+// Lane j of the result is the sum of the lanes of v[j]: eight horizontal sums at once.
+inline f8 sum_lanes(const f8 v[kLanes]) {
+  // each step adds neighbouring lanes pairwise while merging two vectors into one
+  f8 s[4], t[2];
+  for (int j = 0; j < 4; ++j) {
+    const f8 a = v[2 * j], b = v[2 * j + 1];
+    s[j] = MSDA_SHUFFLE2(a, b, 0, 8, 2, 10, 4, 12, 6, 14) + MSDA_SHUFFLE2(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  // s[j] lanes: (v2j, v2j+1) partial sums of lane pairs {0,1}, {2,3}, {4,5}, {6,7}
+  for (int j = 0; j < 2; ++j) {
+    const f8 a = s[2 * j], b = s[2 * j + 1];
+    t[j] = MSDA_SHUFFLE2(a, b, 0, 1, 8, 9, 4, 5, 12, 13) + MSDA_SHUFFLE2(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  // t[j] lanes: v4j..v4j+3 over lane halves {0..3}, then the same four over {4..7}
+  return MSDA_SHUFFLE2(t[0], t[1], 0, 1, 2, 3, 8, 9, 10, 11) + MSDA_SHUFFLE2(t[0], t[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+}  // namespace vec8
+}  // namespace msda
+
+#endif
