@@ -357,69 +357,67 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
           prefetch_lines(weights + next * n, heads * n);
           prefetch_lines(grad_output + next * D, heads * D);
         }
-        {
-          const int64_t row = (bq * d.heads + m) * n;
-          for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-            const int64_t first = row + chunk * kLanes;
-            f8 x, y;
-            load_chunk(locations + 2 * first, weights + first, std::min<int64_t>(kLanes, n - chunk * kLanes), x, y,
-                       point_a[chunk]);
-            corners[chunk] = bilinear_corners8<kPadded>(x, y, rl, chunk, zeros_start);
-            for (int k = 0; k < 4; ++k) {
-              if (!kPadded || k == 0) vec8::store(&t.pos[k * padded + chunk * kLanes], corners[chunk].pos[k]);
-              vec8::store(&t.weight[k * padded + chunk * kLanes], point_a[chunk] * corners[chunk].bw[k]);
-            }
+        const int64_t row = (bq * d.heads + m) * n;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+          const int64_t first = row + chunk * kLanes;
+          f8 x, y;
+          load_chunk(locations + 2 * first, weights + first, std::min<int64_t>(kLanes, n - chunk * kLanes), x, y,
+                     point_a[chunk]);
+          corners[chunk] = bilinear_corners8<kPadded>(x, y, rl, chunk, zeros_start);
+          for (int k = 0; k < 4; ++k) {
+            if (!kPadded || k == 0) vec8::store(&t.pos[k * padded + chunk * kLanes], corners[chunk].pos[k]);
+            vec8::store(&t.weight[k * padded + chunk * kLanes], point_a[chunk] * corners[chunk].bw[k]);
           }
-          const float* go = grad_output + (bq * d.heads + m) * D;
-          for (int64_t j = 0; j < vecs; ++j) g[j] = vec8::load(go + j * kLanes);
-          const int64_t head_offset = b * strides.batch + m * strides.head;
-          const float* hv = value + head_offset;
-          float* hg = grad_value + head_offset;
-          for (int64_t i = 0; i < n; ++i) {
-            int64_t offset[4];
-            if constexpr (kPadded) {
-              offset[0] = static_cast<int64_t>(t.pos[i]) * D;
-              offset[1] = offset[0] + D;
-              offset[2] = offset[0] + rl.row_stride[i];
-              offset[3] = offset[2] + D;
-            } else {
-              for (int k = 0; k < 4; ++k) offset[k] = static_cast<int64_t>(t.pos[k * padded + i]) * strides.spatial;
-            }
+        }
+        const float* go = grad_output + (bq * d.heads + m) * D;
+        for (int64_t j = 0; j < vecs; ++j) g[j] = vec8::load(go + j * kLanes);
+        const int64_t head_offset = b * strides.batch + m * strides.head;
+        const float* hv = value + head_offset;
+        float* hg = grad_value + head_offset;
+        for (int64_t i = 0; i < n; ++i) {
+          int64_t offset[4];
+          if constexpr (kPadded) {
+            offset[0] = static_cast<int64_t>(t.pos[i]) * D;
+            offset[1] = offset[0] + D;
+            offset[2] = offset[0] + rl.row_stride[i];
+            offset[3] = offset[2] + D;
+          } else {
+            for (int k = 0; k < 4; ++k) offset[k] = static_cast<int64_t>(t.pos[k * padded + i]) * strides.spatial;
+          }
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; ++k) {
-              const bool read = kPadded || t.pos[k * padded + i] >= 0;
-              const float* __restrict v = read ? hv + offset[k] : zeros.data();
-              float* __restrict dv = read ? hg + offset[k] : discard.data() + k * D;
-              const f8 w = vec8::broadcast(t.weight[k * padded + i]);
-              f8 dot{};
-              for (int64_t j = 0; j < vecs; ++j) {
-                dot += g[j] * vec8::load(v + j * kLanes);
-                vec8::store(dv + j * kLanes, vec8::load(dv + j * kLanes) + w * g[j]);
-              }
-              dots[k * padded + i] = dot;
+          for (int k = 0; k < 4; ++k) {
+            const bool read = kPadded || t.pos[k * padded + i] >= 0;
+            const float* __restrict v = read ? hv + offset[k] : zeros.data();
+            float* __restrict dv = read ? hg + offset[k] : discard.data() + k * D;
+            const f8 w = vec8::broadcast(t.weight[k * padded + i]);
+            f8 dot{};
+            for (int64_t j = 0; j < vecs; ++j) {
+              dot += g[j] * vec8::load(v + j * kLanes);
+              vec8::store(dv + j * kLanes, vec8::load(dv + j * kLanes) + w * g[j]);
             }
+            dots[k * padded + i] = dot;
           }
-          for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-            const Corners8& c = corners[chunk];
-            f8 s[4];
-            for (int k = 0; k < 4; ++k) s[k] = vec8::sum_lanes(&dots[k * padded + chunk * kLanes]);
-            const f8 a = point_a[chunk];
-            const f8 hx = 1.f - c.lx, hy = 1.f - c.ly;
-            const f8 grad_a = (c.bw[0] * s[0] + c.bw[1] * s[1]) + (c.bw[2] * s[2] + c.bw[3] * s[3]);
-            // d(sample)/dx in pixels, times dx/dx_normalized = W (and H for y)
-            const f8 gx = a * (hy * (s[1] - s[0]) + c.ly * (s[3] - s[2])) * vec8::load(&rl.width[chunk * kLanes]);
-            const f8 gy = a * (hx * (s[2] - s[0]) + c.lx * (s[3] - s[1])) * vec8::load(&rl.height[chunk * kLanes]);
-            const int64_t first = row + chunk * kLanes, count = std::min<int64_t>(kLanes, n - chunk * kLanes);
-            if (count == kLanes) {
-              vec8::store(grad_weights + first, grad_a);
-              vec8::interleave_store(grad_locations + 2 * first, gx, gy);
-            } else {
-              alignas(32) float ga[kLanes], gxy[2 * kLanes];
-              vec8::store(ga, grad_a);
-              vec8::interleave_store(gxy, gx, gy);
-              std::copy(ga, ga + count, grad_weights + first);
-              std::copy(gxy, gxy + 2 * count, grad_locations + 2 * first);
-            }
+        }
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+          const Corners8& c = corners[chunk];
+          f8 s[4];
+          for (int k = 0; k < 4; ++k) s[k] = vec8::sum_lanes(&dots[k * padded + chunk * kLanes]);
+          const f8 a = point_a[chunk];
+          const f8 hx = 1.f - c.lx, hy = 1.f - c.ly;
+          const f8 grad_a = (c.bw[0] * s[0] + c.bw[1] * s[1]) + (c.bw[2] * s[2] + c.bw[3] * s[3]);
+          // d(sample)/dx in pixels, times dx/dx_normalized = W (and H for y)
+          const f8 gx = a * (hy * (s[1] - s[0]) + c.ly * (s[3] - s[2])) * vec8::load(&rl.width[chunk * kLanes]);
+          const f8 gy = a * (hx * (s[2] - s[0]) + c.lx * (s[3] - s[1])) * vec8::load(&rl.height[chunk * kLanes]);
+          const int64_t first = row + chunk * kLanes, count = std::min<int64_t>(kLanes, n - chunk * kLanes);
+          if (count == kLanes) {
+            vec8::store(grad_weights + first, grad_a);
+            vec8::interleave_store(grad_locations + 2 * first, gx, gy);
+          } else {
+            alignas(32) float ga[kLanes], gxy[2 * kLanes];
+            vec8::store(ga, grad_a);
+            vec8::interleave_store(gxy, gx, gy);
+            std::copy(ga, ga + count, grad_weights + first);
+            std::copy(gxy, gxy + 2 * count, grad_locations + 2 * first);
           }
         }
       }
