@@ -1,13 +1,11 @@
-// CPU kernels of multi-scale deformable attention.
+// CPU kernels of multi-scale deformable attention: the op entry points, and the scalar kernels for
+// what the vectorised fp32 kernels (ms_deform_attn_cpu_fp32.cpp: fp32 with D a multiple of 8, the
+// Deformable DETR case) do not take: fp64, fp16, bf16 and other channel counts.
 //
-// Work is split per (batch, query, head) "row" of L·P sampling points. For each point the four
-// bilinear corners are computed branch-free; then the D channels of every corner are read and
-// combined in a loop vectorised across channels. Corners outside the map get position -1 and read
-// a row of zeros, so the channel loop has no branches. (Two alternatives measured slower on a
-// 2-core AMD EPYC: computing the corners of a whole row first, vectorised across points, 2.5x;
-// a corner table per row with software prefetch of the next row's corners, 1.6x; visiting encoder
-// queries in 8-column strips for cache reuse made no difference; a head-major copy of value with
-// queries innermost, 1.5x.)
+// Scalar kernels: work is split per (batch, query, head) "row" of L·P sampling points. For each point
+// the four bilinear corners are computed branch-free; then the D channels of every corner are read
+// and combined in a loop the compiler vectorises across channels. Corners outside the map get
+// position -1 and read a row of zeros, so the channel loop has no branches.
 //
 // Forward: parallel over (batch, query). Backward: parallel over (batch, head), so every thread
 // owns its slice value[b, :, m, :] of grad_value and needs no atomics; one pass over D yields
