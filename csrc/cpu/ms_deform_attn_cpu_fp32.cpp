@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -91,7 +92,8 @@ void copy_from_padded_maps(const float* padded, const std::vector<Level>& levels
         float* out = dst + ((b * d.spatial + lv.start + y * lv.width + x) * d.heads) * D;
         const int64_t from = plv.start + (y + 1) * plv.width + x + 1;
         for (int64_t m = 0; m < d.heads; ++m) {
-          std::memcpy(out + m * D, padded + ((b * d.heads + m) * maps.positions + from) * D, bytes);
+          const float* in = padded + ((b * d.heads + m) * maps.positions + from) * D;
+          std::memcpy(out + m * D, in, bytes);
         }
       }
     }
@@ -409,7 +411,14 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
           const f8 gx = a * (hy * (s[1] - s[0]) + c.ly * (s[3] - s[2])) * vec8::load(&rl.width[chunk * kLanes]);
           const f8 gy = a * (hx * (s[2] - s[0]) + c.lx * (s[3] - s[1])) * vec8::load(&rl.height[chunk * kLanes]);
           const int64_t first = row + chunk * kLanes, count = std::min<int64_t>(kLanes, n - chunk * kLanes);
-          if (count == kLanes) {
+          const bool aligned = reinterpret_cast<uintptr_t>(grad_weights + first) % 32 == 0 &&
+                               reinterpret_cast<uintptr_t>(grad_locations + 2 * first) % 32 == 0;
+          if (count == kLanes && aligned) {
+            // Streaming stores: these rows are not read again here, and writing them through the
+            // cache first reads every line from memory (measured 1.2x for the whole backward).
+            vec8::stream(grad_weights + first, grad_a);
+            vec8::interleave_stream(grad_locations + 2 * first, gx, gy);
+          } else if (count == kLanes) {
             vec8::store(grad_weights + first, grad_a);
             vec8::interleave_store(grad_locations + 2 * first, gx, gy);
           } else {
@@ -422,6 +431,7 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
         }
       }
     }
+    vec8::stream_fence();  // the streaming stores are visible to other threads after this
   });
 }
 

@@ -32,6 +32,20 @@ inline f8 load(const float* p) { return *reinterpret_cast<const f8_unaligned*>(p
 inline i8 load(const int32_t* p) { return *reinterpret_cast<const i8_unaligned*>(p); }
 inline void store(float* p, f8 v) { *reinterpret_cast<f8_unaligned*>(p) = v; }
 inline void store(int32_t* p, i8 v) { *reinterpret_cast<i8_unaligned*>(p) = v; }
+// Store that bypasses the caches where the target supports it (the line is not read first); p must
+// be 32-byte aligned. Call stream_fence() before other threads read what was streamed.
+inline void stream(float* p, f8 v) {
+#if defined(__AVX__)
+  __builtin_ia32_movntps256(p, v);
+#else
+  store(p, v);
+#endif
+}
+inline void stream_fence() {
+#if defined(__AVX__)
+  __builtin_ia32_sfence();
+#endif
+}
 inline f8 broadcast(float s) { return f8{s, s, s, s, s, s, s, s}; }
 inline f8 to_float(i8 v) { return __builtin_convertvector(v, f8); }
 
@@ -69,6 +83,12 @@ inline void deinterleave(const float* xy, f8& x, f8& y) {
 inline void interleave_store(float* xy, f8 x, f8 y) {
   store(xy, MSDA_SHUFFLE2(x, y, 0, 8, 1, 9, 2, 10, 3, 11));
   store(xy + kLanes, MSDA_SHUFFLE2(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
+}
+
+// interleave_store with streaming stores (xy 32-byte aligned).
+inline void interleave_stream(float* xy, f8 x, f8 y) {
+  stream(xy, MSDA_SHUFFLE2(x, y, 0, 8, 1, 9, 2, 10, 3, 11));
+  stream(xy + kLanes, MSDA_SHUFFLE2(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
 }
 
 // Lane j of the result is the sum of the lanes of v[j]: eight horizontal sums at once.
