@@ -29,7 +29,7 @@
 #include "levels.h"
 #include "ms_deform_attn_cpu_fp32.h"
 #include "ms_deform_attn_checks.h"
-#include "scratch.h"
+#include "memory.h"
 
 namespace msda {
 namespace {
@@ -222,6 +222,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   if (value.scalar_type() == at::kFloat && fp32_kernels_apply(d)) {
     auto output = at::empty({d.batch, d.queries, d.heads * d.channels}, value.options());
     if (output.numel() == 0) return output;
+    advise_huge_pages(output);
     if (use_padded_maps(d)) {
       const PaddedMaps maps = padded_maps(levels);
       auto padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, maps.positions, d.channels});
@@ -263,17 +264,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     auto grad_locations = at::empty_like(locations_c);
     auto grad_weights = at::empty_like(weights_c);
     if (grad_locations.numel() == 0) return {at::zeros_like(value), grad_locations, grad_weights};
+    advise_huge_pages(grad_locations);
+    advise_huge_pages(grad_weights);
     if (use_padded_maps(d)) {
       const PaddedMaps maps = padded_maps(levels);
       auto padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, maps.positions, d.channels});
       copy_to_padded_maps(value.stride(3) == 1 ? value : value.contiguous(), levels, maps, padded.data_ptr<float>(), d);
       auto grad_padded = scratch_tensor(ScratchSlot::kGradValue, {d.batch, d.heads, maps.positions, d.channels});
-      grad_padded.zero_();
+      auto grad_value = at::empty(value.sizes(), value.options());
+      advise_huge_pages(grad_value);
       backward_fp32_padded(grad_c.data_ptr<float>(), padded.data_ptr<float>(), maps, levels,
                            locations_c.data_ptr<float>(), weights_c.data_ptr<float>(), grad_padded.data_ptr<float>(),
-                           grad_locations.data_ptr<float>(), grad_weights.data_ptr<float>(), d);
-      auto grad_value = at::empty(value.sizes(), value.options());
-      copy_from_padded_maps(grad_padded.data_ptr<float>(), levels, maps, grad_value, d);
+                           grad_value.data_ptr<float>(), grad_locations.data_ptr<float>(),
+                           grad_weights.data_ptr<float>(), d);
       return {grad_value, grad_locations, grad_weights};
     }
     auto value_c = value.contiguous();

@@ -75,29 +75,18 @@ void copy_to_padded_maps(const at::Tensor& value, const std::vector<Level>& leve
   }
 }
 
-void copy_from_padded_maps(const float* padded, const std::vector<Level>& levels, const PaddedMaps& maps,
-                           at::Tensor& grad_value, const Dims& d) {
-  float* dst = grad_value.data_ptr<float>();
-  const int64_t D = d.channels, bytes = D * static_cast<int64_t>(sizeof(float));
-  int64_t rows = 0;
-  for (const Level& lv : levels) rows += lv.height;
-  at::parallel_for(0, d.batch * rows, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / rows;
-      int64_t l = 0, y = task % rows;
-      while (y >= levels[l].height) y -= levels[l++].height;
-      const Level& lv = levels[l];
-      const Level& plv = maps.levels[l];
-      for (int64_t x = 0; x < lv.width; ++x) {
-        float* out = dst + ((b * d.spatial + lv.start + y * lv.width + x) * d.heads) * D;
-        const int64_t from = plv.start + (y + 1) * plv.width + x + 1;
-        for (int64_t m = 0; m < d.heads; ++m) {
-          const float* in = padded + ((b * d.heads + m) * maps.positions + from) * D;
-          std::memcpy(out + m * D, in, bytes);
-        }
-      }
+void copy_head_from_padded_maps(const float* head_padded, const std::vector<Level>& levels, const PaddedMaps& maps,
+                                float* head_grad, int64_t spatial_stride, int64_t channels) {
+  const int64_t bytes = channels * static_cast<int64_t>(sizeof(float));
+  for (size_t l = 0; l < levels.size(); ++l) {
+    const Level& lv = levels[l];
+    const Level& plv = maps.levels[l];
+    for (int64_t y = 0; y < lv.height; ++y) {
+      const float* in = head_padded + (plv.start + (y + 1) * plv.width + 1) * channels;
+      float* out = head_grad + (lv.start + y * lv.width) * spatial_stride;
+      for (int64_t x = 0; x < lv.width; ++x) std::memcpy(out + x * spatial_stride, in + x * channels, bytes);
     }
-  });
+  }
 }
 
 #ifdef MSDA_HAVE_VEC8
@@ -315,10 +304,14 @@ void forward_kernel(const float* value, const Strides& strides, const RowLevels&
 }
 
 // grad_value uses `strides` too (it is written where value is read).
+// In place, grad_value has value's strides. Padded maps: grad_value is the padded scratch (its
+// contents on entry do not matter: each head is zeroed before and copied out to `unpadded`, the
+// [B, S, M, D] result, right after it is done, while it is still in cache).
 template <int kVecs, bool kPadded>
 void backward_kernel(const float* grad_output, const float* value, const Strides& strides, const RowLevels& rl,
                      int32_t zeros_start, const float* locations, const float* weights, float* grad_value,
-                     float* grad_locations, float* grad_weights, const Dims& d) {
+                     float* grad_locations, float* grad_weights, const Dims& d, const std::vector<Level>* levels,
+                     const PaddedMaps* maps, float* unpadded) {
   const int64_t D = kVecs > 0 ? kVecs * kLanes : d.channels;
   const int64_t vecs = D / kLanes;
   const int64_t n = rl.points, chunks = rl.chunks, padded = chunks * kLanes;
@@ -343,6 +336,9 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
         const int64_t q = kPadded ? k % d.queries : k / heads;
         const int64_t m = kPadded ? m_begin + k / d.queries : m_begin + k % heads;
         const int64_t bq = b * d.queries + q;
+        if (kPadded && q == 0) {
+          std::memset(grad_value + b * strides.batch + m * strides.head, 0, strides.head * sizeof(float));
+        }
         if (kPadded) {
           // rows of one head are strided: prefetch a few ahead
           if (q + 4 < d.queries) {
@@ -429,6 +425,10 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
             std::copy(gxy, gxy + 2 * count, grad_locations + 2 * first);
           }
         }
+        if (kPadded && q + 1 == d.queries) {
+          copy_head_from_padded_maps(grad_value + b * strides.batch + m * strides.head, *levels, *maps,
+                                     unpadded + (b * d.spatial * d.heads + m) * D, d.heads * D, D);
+        }
       }
     }
     vec8::stream_fence();  // the streaming stores are visible to other threads after this
@@ -488,18 +488,21 @@ void backward_fp32_in_place(const float* grad_output, const at::Tensor& value, c
   const Strides strides{value.stride(0), value.stride(1), value.stride(2)};
   dispatch_vecs(d.channels, [&](auto vecs) {
     backward_kernel<decltype(vecs)::value, false>(grad_output, value.data_ptr<float>(), strides, rl, 0, locations,
-                                                  weights, grad_value, grad_locations, grad_weights, d);
+                                                  weights, grad_value, grad_locations, grad_weights, d, nullptr,
+                                                  nullptr, nullptr);
   });
 }
 
 void backward_fp32_padded(const float* grad_output, const float* padded, const PaddedMaps& maps,
                           const std::vector<Level>& levels, const float* locations, const float* weights,
-                          float* grad_padded, float* grad_locations, float* grad_weights, const Dims& d) {
+                          float* grad_padded, float* grad_value, float* grad_locations, float* grad_weights,
+                          const Dims& d) {
   const RowLevels rl(levels, maps.levels, d.points, d.channels);
   const int32_t zeros_start = static_cast<int32_t>(maps.zeros_start);
   dispatch_vecs(d.channels, [&](auto vecs) {
     backward_kernel<decltype(vecs)::value, true>(grad_output, padded, padded_strides(maps, d), rl, zeros_start,
-                                                 locations, weights, grad_padded, grad_locations, grad_weights, d);
+                                                 locations, weights, grad_padded, grad_locations, grad_weights, d,
+                                                 &levels, &maps, grad_value);
   });
 }
 
@@ -513,7 +516,7 @@ void forward_fp32_padded(const float*, const PaddedMaps&, const std::vector<Leve
 void backward_fp32_in_place(const float*, const at::Tensor&, const std::vector<Level>&, const float*, const float*,
                             float*, float*, float*, const Dims&) {}
 void backward_fp32_padded(const float*, const float*, const PaddedMaps&, const std::vector<Level>&, const float*,
-                          const float*, float*, float*, float*, const Dims&) {}
+                          const float*, float*, float*, float*, float*, const Dims&) {}
 
 #endif
 

@@ -36,9 +36,9 @@ PaddedMaps padded_maps(const std::vector<Level>& levels);
 void copy_to_padded_maps(const at::Tensor& value, const std::vector<Level>& levels, const PaddedMaps& maps,
                          float* padded, const Dims& d);
 
-// grad_value[B, S, M, D] (contiguous) from the map interiors of padded[B, M, S', D].
-void copy_from_padded_maps(const float* padded, const std::vector<Level>& levels, const PaddedMaps& maps,
-                           at::Tensor& grad_value, const Dims& d);
+// One head's map interiors of padded [S', D] into head_grad (positions spatial_stride floats apart).
+void copy_head_from_padded_maps(const float* head_padded, const std::vector<Level>& levels, const PaddedMaps& maps,
+                                float* head_grad, int64_t spatial_stride, int64_t channels);
 
 // value: the caller's tensor (in place) or padded maps; output [B, Q, M*D].
 void forward_fp32_in_place(const at::Tensor& value, const std::vector<Level>& levels, const float* locations,
@@ -46,13 +46,14 @@ void forward_fp32_in_place(const at::Tensor& value, const std::vector<Level>& le
 void forward_fp32_padded(const float* padded, const PaddedMaps& maps, const std::vector<Level>& levels,
                          const float* locations, const float* weights, float* output, const Dims& d);
 
-// grad_value in the layout value is read in: grad_value [B, S, M, D] contiguous for the in-place
-// kernel (value must be contiguous too), [B, M, S', D] for the padded one (borders get garbage).
+// In place: grad_value [B, S, M, D] contiguous (value must be contiguous too), zeroed by the caller.
+// Padded: grad_padded is scratch [B, M, S', D] (any contents), grad_value [B, S, M, D] contiguous.
 void backward_fp32_in_place(const float* grad_output, const at::Tensor& value, const std::vector<Level>& levels,
                             const float* locations, const float* weights, float* grad_value, float* grad_locations,
                             float* grad_weights, const Dims& d);
 void backward_fp32_padded(const float* grad_output, const float* padded, const PaddedMaps& maps,
                           const std::vector<Level>& levels, const float* locations, const float* weights,
-                          float* grad_padded, float* grad_locations, float* grad_weights, const Dims& d);
+                          float* grad_padded, float* grad_value, float* grad_locations, float* grad_weights,
+                          const Dims& d);
 
 }  // namespace msda
