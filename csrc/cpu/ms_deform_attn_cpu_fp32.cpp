@@ -29,6 +29,20 @@
 
 namespace msda {
 
+namespace {
+
+// Calls body(claim) once on each intra-op thread; claim() hands out the tasks 0, 1, 2, ... one at a
+// time (a thread done early takes more), and returns `count` or more when none is left. Unlike the
+// equal static ranges of at::parallel_for, this balances tasks of unequal cost.
+template <typename Body>
+void parallel_dynamic(int64_t count, Body&& body) {
+  std::atomic<int64_t> next{0};
+  auto claim = [&next]() { return next.fetch_add(1, std::memory_order_relaxed); };
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), count), 1, [&](int64_t, int64_t) { body(claim); });
+}
+
+}  // namespace
+
 PaddedMaps padded_maps(const std::vector<Level>& levels) {
   PaddedMaps maps;
   int64_t start = 0, widest = 0;
@@ -50,9 +64,10 @@ void copy_to_padded_maps(const at::Tensor& value, const std::vector<Level>& leve
   const int64_t D = d.channels, bytes = D * static_cast<int64_t>(sizeof(float));
   int64_t rows = 0;  // padded rows of all levels
   for (const Level& lv : maps.levels) rows += lv.height;
-  // One task per padded row of one level of one batch element, for all heads: reads value rows in order.
-  at::parallel_for(0, d.batch * rows, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
+  // One task per padded row of one level of one batch element, for all heads: reads value rows in
+  // order. Rows of the levels differ in width, so the tasks are handed out dynamically.
+  parallel_dynamic(d.batch * rows, [&](auto claim) {
+    for (int64_t task; (task = claim()) < d.batch * rows;) {
       const int64_t b = task / rows;
       int64_t l = 0, yp = task % rows;
       while (yp >= maps.levels[l].height) yp -= maps.levels[l++].height;
@@ -222,8 +237,7 @@ void forward_kernel(const float* value, const Strides& strides, const RowLevels&
   const int64_t total = d.batch * d.queries, block_queries = kPadded ? 256 : 32;
   const int64_t query_blocks = (total + block_queries - 1) / block_queries;
   const int64_t blocks = kPadded ? d.heads * query_blocks : query_blocks;
-  std::atomic<int64_t> next_block{0};
-  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), blocks), 1, [&](int64_t, int64_t) {
+  parallel_dynamic(blocks, [&](auto claim) {
     RowTables tables[2] = {RowTables(padded), RowTables(padded)};
     const std::vector<float> zeros(D, 0.f);
     // Independent accumulators, but no more than eight vectors in all (16 registers with AVX2):
@@ -266,7 +280,7 @@ void forward_kernel(const float* value, const Strides& strides, const RowLevels&
         }
       }
     };
-    for (int64_t block; (block = next_block.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
+    for (int64_t block; (block = claim()) < blocks;) {
       const int64_t first = (kPadded ? block % query_blocks : block) * block_queries;
       const int64_t last = std::min(total, first + block_queries);
       const int64_t head = kPadded ? block / query_blocks : 0;
