@@ -83,3 +83,13 @@ def test_locations_on_the_border_rows():
     locations = torch.stack([x / 4, y / 3], -1).view(1, 1, 1, 1, 6, 2).expand(1, 40, 2, 1, 6, 2).contiguous()
     weights = torch.rand(1, 40, 2, 1, 6)
     _compare((value, shapes, starts, locations, weights), torch.randn(1, 40, 16))
+
+
+def test_outputs_of_32_mib_and_more():
+    """Outputs this large take the huge-page hint before they are written (Linux); same numbers."""
+    inputs = random_inputs(1, [(20, 30)], 65536, 4, 32, 16, dtype=torch.float32, seed=3)
+    grad_output = torch.randn(1, 65536, 128)
+    output = ms_deform_attn(*inputs)
+    assert output.nbytes >= 32 * 2**20
+    assert inputs[3].nbytes >= 32 * 2**20  # grad_locations will be as large
+    _compare(inputs, grad_output)
