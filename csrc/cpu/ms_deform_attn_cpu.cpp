@@ -220,9 +220,8 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   auto locations_c = sampling_locations.contiguous();
   auto weights_c = attention_weights.contiguous();
   if (value.scalar_type() == at::kFloat && fp32_kernels_apply(d)) {
-    auto output = at::empty({d.batch, d.queries, d.heads * d.channels}, value.options());
+    auto output = empty_recycled({d.batch, d.queries, d.heads * d.channels});
     if (output.numel() == 0) return output;
-    advise_huge_pages(output);
     if (use_padded_maps(d)) {
       const PaddedMaps maps = padded_maps(levels);
       auto padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, maps.positions, d.channels});
@@ -261,18 +260,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   auto weights_c = attention_weights.contiguous();
   if (value.scalar_type() == at::kFloat && fp32_kernels_apply(d)) {
     // every location and weight gets its gradient written
-    auto grad_locations = at::empty_like(locations_c);
-    auto grad_weights = at::empty_like(weights_c);
+    auto grad_locations = empty_recycled(locations_c.sizes());
+    auto grad_weights = empty_recycled(weights_c.sizes());
     if (grad_locations.numel() == 0) return {at::zeros_like(value), grad_locations, grad_weights};
-    advise_huge_pages(grad_locations);
-    advise_huge_pages(grad_weights);
     if (use_padded_maps(d)) {
       const PaddedMaps maps = padded_maps(levels);
       auto padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, maps.positions, d.channels});
       copy_to_padded_maps(value.stride(3) == 1 ? value : value.contiguous(), levels, maps, padded.data_ptr<float>(), d);
       auto grad_padded = scratch_tensor(ScratchSlot::kGradValue, {d.batch, d.heads, maps.positions, d.channels});
-      auto grad_value = at::empty(value.sizes(), value.options());
-      advise_huge_pages(grad_value);
+      auto grad_value = empty_recycled(value.sizes());
       backward_fp32_padded(grad_c.data_ptr<float>(), padded.data_ptr<float>(), maps, levels,
                            locations_c.data_ptr<float>(), weights_c.data_ptr<float>(), grad_padded.data_ptr<float>(),
                            grad_value.data_ptr<float>(), grad_locations.data_ptr<float>(),
@@ -280,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
       return {grad_value, grad_locations, grad_weights};
     }
     auto value_c = value.contiguous();
-    auto grad_value = at::zeros(value.sizes(), value.options());
+    auto grad_value = empty_recycled(value.sizes()).zero_();
     backward_fp32_in_place(grad_c.data_ptr<float>(), value_c, levels, locations_c.data_ptr<float>(),
                            weights_c.data_ptr<float>(), grad_value.data_ptr<float>(), grad_locations.data_ptr<float>(),
                            grad_weights.data_ptr<float>(), d);
