@@ -1,13 +1,14 @@
 // Eight-lane float / int32 vectors written with the GCC/Clang vector extension, so the same code
 // becomes AVX2 (or AVX-512VL) on x86, NEON on ARM and SSE on older x86, whatever flags the JIT
-// build was given. Only used where MSDA_HAVE_VEC8 is defined (GCC >= 9 or Clang); other compilers
-// use the scalar kernels.
+// build was given. Only used where MSDA_HAVE_VEC8 is defined (GCC or Clang, 64-bit); other
+// compilers use the scalar kernels.
 #pragma once
 
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && __SIZEOF_POINTER__ == 8
 #define MSDA_HAVE_VEC8 1
 
 #include <cstdint>
+#include <cstring>
 
 namespace msda {
 namespace vec8 {
@@ -25,8 +26,21 @@ typedef int32_t i8_unaligned __attribute__((vector_size(32), aligned(4)));
 #define MSDA_SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, (::msda::vec8::i8){__VA_ARGS__})
 #endif
 
+typedef int32_t i4 __attribute__((vector_size(16)));
 typedef int64_t i4x64 __attribute__((vector_size(32)));
 typedef int64_t i4x64_unaligned __attribute__((vector_size(32), aligned(8)));
+
+// Lanes 0-3 and 4-7 of v, widened to int64.
+inline i4x64 low_half_wide(i8 v) {
+  i4 half;
+  std::memcpy(&half, &v, sizeof(half));
+  return __builtin_convertvector(half, i4x64);
+}
+inline i4x64 high_half_wide(i8 v) {
+  i4 half;
+  std::memcpy(&half, reinterpret_cast<const char*>(&v) + sizeof(half), sizeof(half));
+  return __builtin_convertvector(half, i4x64);
+}
 
 inline f8 load(const float* p) { return *reinterpret_cast<const f8_unaligned*>(p); }
 inline i8 load(const int32_t* p) { return *reinterpret_cast<const i8_unaligned*>(p); }
@@ -63,11 +77,9 @@ inline void store_pointers(const float** out, i8 index, const float* base, int32
   const i8 in = index >= 0;
   const i4x64 base_v = i4x64{} + reinterpret_cast<int64_t>(base);
   const i4x64 outside_v = i4x64{} + reinterpret_cast<int64_t>(outside);
-  const i4x64 lo = base_v + (__builtin_convertvector(MSDA_SHUFFLE2(offset, offset, 0, 1, 2, 3), i4x64) << 2);
-  const i4x64 hi = base_v + (__builtin_convertvector(MSDA_SHUFFLE2(offset, offset, 4, 5, 6, 7), i4x64) << 2);
-  const i4x64 in_lo = __builtin_convertvector(MSDA_SHUFFLE2(in, in, 0, 1, 2, 3), i4x64);
-  const i4x64 in_hi = __builtin_convertvector(MSDA_SHUFFLE2(in, in, 4, 5, 6, 7), i4x64);
-  static_assert(sizeof(const float*) == sizeof(int64_t), "64-bit pointers");
+  const i4x64 lo = base_v + (low_half_wide(offset) << 2);
+  const i4x64 hi = base_v + (high_half_wide(offset) << 2);
+  const i4x64 in_lo = low_half_wide(in), in_hi = high_half_wide(in);
   *reinterpret_cast<i4x64_unaligned*>(out) = in_lo ? lo : outside_v;
   *reinterpret_cast<i4x64_unaligned*>(out + 4) = in_hi ? hi : outside_v;
 }
