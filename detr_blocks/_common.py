@@ -7,8 +7,6 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from detr_blocks.activation import get_activation
-
 
 def build_module(name: str, module_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     """Accept an ``nn.Module`` or a zero-argument factory that returns one."""
@@ -54,30 +52,3 @@ def check_padding_mask(name: str, mask: torch.Tensor | None, batch: int, length:
         return
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (batch, length):
         raise ValueError(f"{name} must be a bool [B={batch}, S={length}] tensor (True = padding), got {getattr(mask, 'dtype', None)} {tuple(getattr(mask, 'shape', ()))}")
-
-
-def add_feed_forward(
-    layer: nn.Module,
-    d_model: int,
-    ffn_dim: int,
-    activation: str | Callable[[torch.Tensor], torch.Tensor],
-    dropout: float,
-    activation_dropout: float,
-) -> None:
-    """Give ``layer`` the post-norm FFN of encoder and decoder layers (Hugging Face names):
-    ``fc1``, ``fc2``, ``final_layer_norm``, plus ``activation``, ``dropout``, ``activation_dropout``."""
-    layer.fc1 = nn.Linear(d_model, ffn_dim)
-    layer.fc2 = nn.Linear(ffn_dim, d_model)
-    layer.final_layer_norm = nn.LayerNorm(d_model)
-    layer.activation = get_activation(activation)
-    layer.dropout = dropout
-    layer.activation_dropout = activation_dropout
-
-
-def feed_forward(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """Apply the FFN that ``add_feed_forward`` gave ``layer``:
-    ``final_layer_norm(x + dropout(fc2(dropout_act(act(fc1(x))))))``."""
-    update = layer.activation(layer.fc1(hidden_states))
-    update = nn.functional.dropout(update, p=layer.activation_dropout, training=layer.training)
-    update = nn.functional.dropout(layer.fc2(update), p=layer.dropout, training=layer.training)
-    return layer.final_layer_norm(hidden_states + update)

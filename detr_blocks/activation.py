@@ -1,4 +1,5 @@
-"""``get_activation``: activation functions by the names used in Deformable DETR configs."""
+"""``get_activation``: activation functions by the names used in Deformable DETR configs;
+``ACTIVATIONS``: those names."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+# Only shape-preserving functions: an activation sits between two Linear layers (fc1 → fc2, MLP
+# layers), so a width-halving one such as ``glu`` cannot be named here (pass a module instead).
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -16,10 +19,12 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_pytorch_tanh": functools.partial(F.gelu, approximate="tanh"),
     "silu": F.silu,
     "swish": F.silu,
-    "glu": F.glu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
 }
+
+# The names a config may use, in one place (configs validate ``activation_function`` against it).
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
 
 
 def get_activation(activation: str | Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,5 +1,6 @@
 """Deformable decoder: object queries attend to each other, then to sampled points of the encoder
-output around their reference points; optionally each layer refines the reference boxes.
+output around their reference points; injected policies decide, per layer, the query positions,
+how the reference boxes are refined, and the norm of the returned intermediate states.
 
 Conventions are those of ``detr_blocks.encoder`` (flattened levels, True = padding, valid ratios).
 """
@@ -11,18 +12,20 @@ from typing import Callable, Iterable, NamedTuple
 import torch
 from torch import nn
 
-from detr_blocks._common import add_feed_forward, build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward
+from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios
+from detr_blocks.feed_forward import FeedForwardHost
 from detr_blocks.attention import MultiheadSelfAttention
-from detr_blocks.functional import refine_boxes
+from detr_blocks.query_position import InputQueryPosition
+from detr_blocks.refinement import DetachedRefinement, NoRefinement
 from msda import MultiScaleDeformableAttention
 
 
-class DeformableDecoderLayer(nn.Module):
+class DeformableDecoderLayer(FeedForwardHost):
     """Post-norm decoder layer: self-attention, deformable cross-attention, feed-forward network.
 
     ``x = self_attn_layer_norm(x + dropout(self_attn(x, pos)))`` (pos added to queries and keys)
     ``x = encoder_attn_layer_norm(x + dropout(encoder_attn(x + pos, ref, memory, ...)))``
-    ``x = final_layer_norm(x + dropout(fc2(dropout_act(act(fc1(x))))))``
+    ``x = final_layer_norm(x + dropout(fc2(dropout_act(act(fc1(x))))))`` (the feed-forward block)
 
     Args:
         d_model: C.
@@ -37,10 +40,18 @@ class DeformableDecoderLayer(nn.Module):
         dropout: after each attention and after fc2.
         activation_dropout: after the activation.
         activation: ``"relu"``, ``"gelu"``, ``"gelu_new"``, ``"silu"``… or a callable.
+        feed_forward: None (default): the layer builds the block above itself, its parts held
+            directly by the layer (``fc1``, ``fc2``, ``final_layer_norm``: unchanged checkpoint
+            keys). Otherwise a module (or zero-argument factory) that replaces the whole residual
+            block, residual sum and norm included: called as ``feed_forward(x [B, Q, C]) -> [B, Q,
+            C]`` and held as ``layer.feed_forward`` (its keys: ``feed_forward.*``); ``ffn_dim``,
+            ``activation``, ``activation_dropout`` are then unused. See ``detr_blocks.FeedForward``.
+        norm_layer: ``norm_layer(d_model)`` builds every norm of the layer (default
+            ``nn.LayerNorm``; e.g. ``nn.RMSNorm``).
 
     Submodules (Hugging Face names): ``self_attn`` (``q_proj``, ``k_proj``, ``v_proj``,
-    ``out_proj``), ``self_attn_layer_norm``, ``encoder_attn``, ``encoder_attn_layer_norm``, ``fc1``,
-    ``fc2``, ``final_layer_norm``.
+    ``out_proj``), ``self_attn_layer_norm``, ``encoder_attn``, ``encoder_attn_layer_norm``, and
+    ``fc1``, ``fc2``, ``final_layer_norm`` (or ``feed_forward``).
     """
 
     def __init__(
@@ -57,6 +68,8 @@ class DeformableDecoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         activation_dropout: float = 0.0,
         activation: str | Callable[[torch.Tensor], torch.Tensor] = "relu",
+        feed_forward: nn.Module | Callable[[], nn.Module] | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ) -> None:
         super().__init__()
         check_layer_args(d_model, ffn_dim, dropout=dropout, activation_dropout=activation_dropout, attention_dropout=attention_dropout)
@@ -64,13 +77,13 @@ class DeformableDecoderLayer(nn.Module):
             self.self_attn = MultiheadSelfAttention(d_model, num_heads, dropout=attention_dropout)
         else:
             self.self_attn = build_module("self_attn", self_attn)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.self_attn_layer_norm = norm_layer(d_model)
         if encoder_attn is None:
             self.encoder_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points)
         else:
             self.encoder_attn = build_module("encoder_attn", encoder_attn)
-        self.encoder_attn_layer_norm = nn.LayerNorm(d_model)
-        add_feed_forward(self, d_model, ffn_dim, activation, dropout, activation_dropout)
+        self.encoder_attn_layer_norm = norm_layer(d_model)
+        self._init_feed_forward(feed_forward, d_model, ffn_dim, activation, dropout, activation_dropout, norm_layer)
         self.d_model = d_model
 
     def forward(
@@ -112,17 +125,19 @@ class DeformableDecoderLayer(nn.Module):
         attended = self.encoder_attn(query, reference_points, memory, spatial_shapes, level_start_index, memory_padding_mask)
         attended = nn.functional.dropout(attended, p=self.dropout, training=self.training)
         hidden_states = self.encoder_attn_layer_norm(hidden_states + attended)
-        return feed_forward(self, hidden_states)
+        return self.feed_forward_block(hidden_states)
 
 
 class DeformableDecoderOutput(NamedTuple):
     """Outputs of ``DeformableDecoder`` (batch first, Hugging Face layout).
 
-    last_hidden_state: ``[B, Q, C]``.
-    intermediate_hidden_states: ``[B, N, Q, C]``, every layer's output (N layers).
-    intermediate_reference_points: ``[B, N, Q, 2 or 4]``, the reference points after every layer
-        (refined and detached with box refinement; otherwise the input points repeated).
-    hidden_states: the input and every layer's output (N + 1 tensors) when requested, else None.
+    last_hidden_state: ``[B, Q, C]``, the last entry of ``intermediate_hidden_states``.
+    intermediate_hidden_states: ``[B, N, Q, C]``, every layer's output through the decoder's
+        ``intermediate_norm`` (N layers; the norm is the identity by default).
+    intermediate_reference_points: ``[B, N, Q, 2 or 4]``, the references recorded by the
+        refinement policy after every layer (refined and detached with box refinement; the input
+        points repeated without; refined, undetached with ``LookForwardTwice``).
+    hidden_states: the input and every layer's raw output (N + 1 tensors) when requested, else None.
     """
 
     last_hidden_state: torch.Tensor
@@ -141,23 +156,45 @@ def _as_module_list(name: str, modules: Iterable[nn.Module] | None, minimum: int
 
 
 class DeformableDecoder(nn.Module):
-    """A stack of decoder layers with optional iterative box refinement.
+    """A stack of decoder layers; per layer, three injected policies decide what varies between
+    Deformable DETR and its variants, so that a variant swaps a policy and copies no loop:
+
+    for every layer i::
+
+        level_points = reference_points scaled by the valid ratios          # [B, Q, L, 2|4]
+        position = query_position(i, hidden_states, level_points, position_embeddings)
+        hidden_states = layers[i](hidden_states, level_points, memory, ..., position, ...)
+        reference_points, recorded = refinement(i, hidden_states, reference_points, bbox_embed[i])
+        intermediate_hidden_states[i] = intermediate_norm(hidden_states)
+        intermediate_reference_points[i] = recorded
+
+    The refinement sees the layer's raw output; only the returned intermediate states go through
+    ``intermediate_norm`` (as DINO, whose shared norm feeds the heads, not the refinement).
 
     Args:
         layers: the layers, applied in order. Each is called as ``layer(hidden_states,
             reference_points, memory, spatial_shapes, level_start_index, position_embeddings,
             memory_padding_mask, self_attn_mask)``.
-        bbox_embed: None (no refinement: every layer uses the input reference points), or one box
-            head per layer (more are allowed: the two-stage proposal head is conventionally the
-            extra last one). With box heads, layer i's output refines the reference points through
-            ``bbox_embed[i]`` in logit space (``refine_boxes``), and the refined points, detached,
-            are the next layer's reference points, as in the paper.
+        bbox_embed: None, or one box head per layer (more are allowed: the two-stage proposal
+            head is conventionally the extra last one); the refinement policy gets
+            ``bbox_embed[i]``.
         class_embed: None, or the class heads. The decoder does not call them; it holds them so
             that a two-stage or refining model keeps them where the paper's and Hugging Face's
             checkpoints put them (``decoder.class_embed``). Pass the same ModuleList the model
             uses for its predictions: the modules, and so their parameters, are shared.
+        refinement: a ``detr_blocks.refinement`` policy (module). Default: ``DetachedRefinement()``
+            with ``bbox_embed`` (layer i's output refines the references in logit space, and the
+            refined references, detached, feed layer i + 1, as in the paper), ``NoRefinement()``
+            without.
+        query_position: a ``detr_blocks.query_position`` policy (module). Default
+            ``InputQueryPosition()``: every layer gets the ``position_embeddings`` passed in.
+            ``BoxQueryPosition(d_model)`` computes them from the current boxes (DINO).
+        intermediate_norm: applied to every layer's output before it is returned; default
+            ``nn.Identity()`` (DINO: one shared ``nn.LayerNorm(d_model)``).
 
-    Submodules: ``layers``, ``bbox_embed`` and ``class_embed`` (ModuleList or None).
+    Submodules: ``layers``, ``bbox_embed`` and ``class_embed`` (ModuleList or None),
+    ``refinement``, ``query_position``, ``intermediate_norm`` (the defaults hold no parameters, so
+    checkpoint keys are those of ``layers`` and the heads).
     """
 
     def __init__(
@@ -165,6 +202,10 @@ class DeformableDecoder(nn.Module):
         layers: Iterable[nn.Module],
         bbox_embed: Iterable[nn.Module] | None = None,
         class_embed: Iterable[nn.Module] | None = None,
+        *,
+        refinement: nn.Module | None = None,
+        query_position: nn.Module | None = None,
+        intermediate_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
@@ -172,6 +213,16 @@ class DeformableDecoder(nn.Module):
             raise ValueError("layers must hold at least one layer")
         self.bbox_embed = _as_module_list("bbox_embed", bbox_embed, len(self.layers))
         self.class_embed = _as_module_list("class_embed", class_embed, len(self.layers))
+        if refinement is None:
+            refinement = NoRefinement() if self.bbox_embed is None else DetachedRefinement()
+        for name, module in (("refinement", refinement), ("query_position", query_position), ("intermediate_norm", intermediate_norm)):
+            if module is not None and not isinstance(module, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+        if getattr(refinement, "needs_box_head", False) and self.bbox_embed is None:
+            raise ValueError(f"refinement {type(refinement).__name__} refines through box heads: pass bbox_embed (one head per layer)")
+        self.refinement = refinement
+        self.query_position = InputQueryPosition() if query_position is None else query_position
+        self.intermediate_norm = nn.Identity() if intermediate_norm is None else intermediate_norm
 
     def forward(
         self,
@@ -193,7 +244,7 @@ class DeformableDecoder(nn.Module):
             memory: ``[B, S, C]`` encoder output.
             spatial_shapes: int64 ``[L, 2]``; level_start_index: int64 ``[L]``.
             valid_ratios: ``[B, L, 2]``; None means no padding.
-            position_embeddings: ``[B, Q, C]`` query positions.
+            position_embeddings: ``[B, Q, C]`` query positions (given to ``query_position``).
             memory_padding_mask: bool ``[B, S]``, True = padding.
             self_attn_mask: bool, True = may not attend (see ``DeformableDecoderLayer``).
             output_hidden_states: also return the input and every layer's output.
@@ -219,17 +270,18 @@ class DeformableDecoder(nn.Module):
             # reference points are relative to the real image; the op samples relative to the padded map
             ratios = valid_ratios if reference_points.shape[-1] == 2 else torch.cat([valid_ratios, valid_ratios], -1)
             level_points = reference_points[:, :, None] * ratios[:, None]
+            position = self.query_position(index, hidden_states, level_points, position_embeddings)
             hidden_states = layer(
-                hidden_states, level_points, memory, spatial_shapes, level_start_index, position_embeddings, memory_padding_mask, self_attn_mask
+                hidden_states, level_points, memory, spatial_shapes, level_start_index, position, memory_padding_mask, self_attn_mask
             )
-            if self.bbox_embed is not None:
-                reference_points = refine_boxes(self.bbox_embed[index](hidden_states), reference_points).detach()
-            intermediate.append(hidden_states)
-            intermediate_points.append(reference_points)
+            box_head = None if self.bbox_embed is None else self.bbox_embed[index]
+            reference_points, recorded = self.refinement(index, hidden_states, reference_points, box_head)
+            intermediate.append(self.intermediate_norm(hidden_states))
+            intermediate_points.append(recorded)
             if states is not None:
                 states.append(hidden_states)
         return DeformableDecoderOutput(
-            hidden_states,
+            intermediate[-1],
             torch.stack(intermediate, dim=1),
             torch.stack(intermediate_points, dim=1),
             tuple(states) if states is not None else None,

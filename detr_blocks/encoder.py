@@ -17,7 +17,8 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from detr_blocks._common import add_feed_forward, build_module, check_layer_args, check_padding_mask, check_valid_ratios, feed_forward, shape_list
+from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios, shape_list
+from detr_blocks.feed_forward import FeedForwardHost
 from msda import MultiScaleDeformableAttention
 
 
@@ -53,11 +54,11 @@ def encoder_reference_points(
     return points[:, :, None] * valid_ratios[:, None]
 
 
-class DeformableEncoderLayer(nn.Module):
+class DeformableEncoderLayer(FeedForwardHost):
     """Post-norm encoder layer: deformable self-attention, then a feed-forward network.
 
     ``x = self_attn_layer_norm(x + dropout(self_attn(x + pos, ref, x, ...)))``
-    ``x = final_layer_norm(x + dropout(fc2(dropout_act(act(fc1(x))))))``
+    ``x = final_layer_norm(x + dropout(fc2(dropout_act(act(fc1(x))))))`` (the feed-forward block)
 
     Args:
         d_model: C.
@@ -70,9 +71,17 @@ class DeformableEncoderLayer(nn.Module):
         dropout: after the attention and after fc2.
         activation_dropout: after the activation.
         activation: ``"relu"``, ``"gelu"``, ``"gelu_new"``, ``"silu"``… or a callable.
+        feed_forward: None (default): the layer builds the block above itself, its parts held
+            directly by the layer (``fc1``, ``fc2``, ``final_layer_norm``: unchanged checkpoint
+            keys). Otherwise a module (or zero-argument factory) that replaces the whole residual
+            block, residual sum and norm included: called as ``feed_forward(x [B, S, C]) -> [B, S,
+            C]`` and held as ``layer.feed_forward`` (its keys: ``feed_forward.*``); ``ffn_dim``,
+            ``activation``, ``activation_dropout`` are then unused. See ``detr_blocks.FeedForward``.
+        norm_layer: ``norm_layer(d_model)`` builds every norm of the layer (default
+            ``nn.LayerNorm``; e.g. ``nn.RMSNorm``).
 
-    Submodules (Hugging Face names): ``self_attn``, ``self_attn_layer_norm``, ``fc1``, ``fc2``,
-    ``final_layer_norm``.
+    Submodules (Hugging Face names): ``self_attn``, ``self_attn_layer_norm``, and ``fc1``, ``fc2``,
+    ``final_layer_norm`` (or ``feed_forward``).
     """
 
     def __init__(
@@ -87,6 +96,8 @@ class DeformableEncoderLayer(nn.Module):
         dropout: float = 0.1,
         activation_dropout: float = 0.0,
         activation: str | Callable[[torch.Tensor], torch.Tensor] = "relu",
+        feed_forward: nn.Module | Callable[[], nn.Module] | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ) -> None:
         super().__init__()
         check_layer_args(d_model, ffn_dim, dropout=dropout, activation_dropout=activation_dropout)
@@ -94,8 +105,8 @@ class DeformableEncoderLayer(nn.Module):
             self.self_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points)
         else:
             self.self_attn = build_module("self_attn", self_attn)
-        self.self_attn_layer_norm = nn.LayerNorm(d_model)
-        add_feed_forward(self, d_model, ffn_dim, activation, dropout, activation_dropout)
+        self.self_attn_layer_norm = norm_layer(d_model)
+        self._init_feed_forward(feed_forward, d_model, ffn_dim, activation, dropout, activation_dropout, norm_layer)
         self.d_model = d_model
 
     def forward(
@@ -125,7 +136,7 @@ class DeformableEncoderLayer(nn.Module):
         attended = self.self_attn(query, reference_points, hidden_states, spatial_shapes, level_start_index, padding_mask)
         attended = nn.functional.dropout(attended, p=self.dropout, training=self.training)
         hidden_states = self.self_attn_layer_norm(hidden_states + attended)
-        return feed_forward(self, hidden_states)
+        return self.feed_forward_block(hidden_states)
 
 
 class DeformableEncoderOutput(NamedTuple):
