@@ -6,7 +6,7 @@ The pieces, in the order a model uses them::
     memory = enc_output_norm(enc_output(memory))            # the model's Linear + LayerNorm
     class_logits = class_embed[-1](memory)                  # [B, S, K]
     coord_logits = bbox_embed[-1](memory) + proposals       # [B, S, 4], logit space
-    top_logits, _ = select_top_proposals(class_logits, coord_logits, num_queries)
+    top_logits, _ = select_top_proposals(class_logits, coord_logits, num_queries)   # scoring="max_class": DINO
     reference_points = top_logits.sigmoid()                 # decoder's [B, Q, 4] references
     query_pos, target = pos_trans_norm(pos_trans(proposal_position_embedding(top_logits))).split(C, -1)
 """
@@ -14,7 +14,7 @@ The pieces, in the order a model uses them::
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -84,24 +84,54 @@ def encoder_output_proposals(
     return memory, proposals
 
 
-def select_top_proposals(class_logits: torch.Tensor, coord_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` proposals whose first-class logit is highest (the encoder's head is trained
-    class-agnostically on class 0).
+PROPOSAL_SCORINGS = ("first_class", "max_class")
+
+
+def proposal_scores(class_logits: torch.Tensor, scoring: str | Callable[[torch.Tensor], torch.Tensor] = "first_class") -> torch.Tensor:
+    """Score of every proposal: ``[B, S, K]`` class logits → ``[B, S]``.
+
+    ``"first_class"``: the logit of class 0 (Deformable DETR two-stage: its encoder head is
+    trained class-agnostically on class 0); ``"max_class"``: the maximum over classes (DINO's mixed
+    query selection); or a callable ``[B, S, K] -> [B, S]``.
+    """
+    if scoring == "first_class":
+        return class_logits[..., 0]
+    if scoring == "max_class":
+        return class_logits.max(-1).values
+    if callable(scoring) and not isinstance(scoring, str):
+        scores = scoring(class_logits)
+        if not isinstance(scores, torch.Tensor) or scores.shape != class_logits.shape[:2]:
+            raise ValueError(f"scoring must return [B, S] = {tuple(class_logits.shape[:2])} scores, got {tuple(getattr(scores, 'shape', ()))}")
+        return scores
+    raise ValueError(f"scoring must be one of {PROPOSAL_SCORINGS} or a callable, got {scoring!r}")
+
+
+def select_top_proposals(
+    class_logits: torch.Tensor,
+    coord_logits: torch.Tensor,
+    k: int,
+    *,
+    scoring: str | Callable[[torch.Tensor], torch.Tensor] = "first_class",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` highest-scoring proposals (see ``proposal_scores``; default: the first-class logit,
+    as Deformable DETR, whose encoder head is trained class-agnostically on class 0).
 
     Args:
         class_logits: ``[B, S, K]``.
         coord_logits: ``[B, S, 4]`` box logits.
         k: number to keep (<= S).
+        scoring: ``"first_class"``, ``"max_class"`` (DINO) or a callable ``[B, S, K] -> [B, S]``.
 
     Returns:
-        ``(coord_logits [B, k, 4] detached, indices int64 [B, k])``; detached because the decoder
-        uses them as reference points, through which the paper does not backpropagate.
+        ``(coord_logits [B, k, 4] detached, indices int64 [B, k])``, in decreasing score order;
+        detached because the decoder uses them as reference points, through which the paper does
+        not backpropagate (gather ``coord_logits`` with ``indices`` for the undetached ones).
     """
     if class_logits.dim() != 3 or coord_logits.dim() != 3 or coord_logits.shape[-1] != 4 or class_logits.shape[:2] != coord_logits.shape[:2]:
         raise ValueError(f"class_logits must be [B, S, K] and coord_logits [B, S, 4] with the same B, S; got {tuple(class_logits.shape)} and {tuple(coord_logits.shape)}")
     if not isinstance(k, int) or not 1 <= k <= class_logits.shape[1]:
         raise ValueError(f"k must be an int in [1, S={class_logits.shape[1]}], got {k!r}")
-    indices = torch.topk(class_logits[..., 0], k, dim=1).indices
+    indices = torch.topk(proposal_scores(class_logits, scoring), k, dim=1).indices
     selected = torch.gather(coord_logits, 1, indices[..., None].expand(-1, -1, 4))
     return selected.detach(), indices
 
