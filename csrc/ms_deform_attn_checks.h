@@ -1,5 +1,5 @@
-// Shape and dtype checks shared by the CPU and CUDA kernels. The Python wrapper checks the same
-// things with friendlier messages; these guard direct calls of torch.ops.msda.* .
+// Shape, dtype and device checks shared by the CPU and CUDA kernels. The Python wrapper checks the
+// same things with friendlier messages; these guard direct calls of torch.ops.msda.* .
 #pragma once
 #include <ATen/ATen.h>
 
@@ -7,11 +7,25 @@ namespace msda {
 
 struct Dims {
   int64_t batch, spatial, heads, channels, queries, levels, points;
+  c10::Device device = c10::Device(c10::kCPU);  // value's device: every other input must be there too
 };
+
+inline bool is_index_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kLong || t.scalar_type() == at::kInt;
+}
 
 inline Dims check_and_get_dims(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                                const at::Tensor& attention_weights, int64_t im2col_step) {
+  // devices first: the checks below must never read data of a tensor that lives elsewhere (meta, say)
+  const std::pair<const char*, const at::Tensor*> named[] = {{"spatial_shapes", &spatial_shapes},
+                                                             {"level_start_index", &level_start_index},
+                                                             {"sampling_locations", &sampling_locations},
+                                                             {"attention_weights", &attention_weights}};
+  for (const auto& [name, t] : named) {
+    TORCH_CHECK(t->device() == value.device(), "msda: ", name, " is on ", t->device(), " but value is on ",
+                value.device(), "; all inputs must share a device");
+  }
   TORCH_CHECK(im2col_step > 0, "msda: im2col_step must be positive, got ", im2col_step);
   TORCH_CHECK(value.dim() == 4, "msda: value must be [B, S, M, D], got ", value.sizes());
   TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2,
@@ -20,18 +34,16 @@ inline Dims check_and_get_dims(const at::Tensor& value, const at::Tensor& spatia
               "msda: sampling_locations must be [B, Q, M, L, P, 2], got ", sampling_locations.sizes());
   TORCH_CHECK(attention_weights.dim() == 5, "msda: attention_weights must be [B, Q, M, L, P], got ",
               attention_weights.sizes());
-  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
-              "msda: spatial_shapes and level_start_index must be int64");
+  TORCH_CHECK(is_index_dtype(spatial_shapes), "msda: spatial_shapes must be int64 or int32, got ",
+              spatial_shapes.scalar_type());
+  TORCH_CHECK(is_index_dtype(level_start_index), "msda: level_start_index must be int64 or int32, got ",
+              level_start_index.scalar_type());
   TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
                   attention_weights.scalar_type() == value.scalar_type(),
               "msda: sampling_locations (", sampling_locations.scalar_type(), ") and attention_weights (",
               attention_weights.scalar_type(), ") must have the dtype of value (", value.scalar_type(), ")");
-  for (const at::Tensor* t : {&spatial_shapes, &level_start_index, &sampling_locations, &attention_weights}) {
-    TORCH_CHECK(t->device() == value.device(), "msda: all inputs must be on ", value.device(), ", got one on ",
-                t->device());
-  }
   Dims d{value.size(0), value.size(1), value.size(2), value.size(3),
-         sampling_locations.size(1), spatial_shapes.size(0), sampling_locations.size(4)};
+         sampling_locations.size(1), spatial_shapes.size(0), sampling_locations.size(4), value.device()};
   TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == d.levels,
               "msda: level_start_index must be [L=", d.levels, "], got ", level_start_index.sizes());
   TORCH_CHECK(sampling_locations.size(0) == d.batch && sampling_locations.size(2) == d.heads &&
@@ -45,6 +57,8 @@ inline Dims check_and_get_dims(const at::Tensor& value, const at::Tensor& spatia
 }
 
 inline void check_grad_output(const at::Tensor& grad_output, const Dims& d) {
+  TORCH_CHECK(grad_output.device() == d.device, "msda: grad_output is on ", grad_output.device(),
+              " but value is on ", d.device, "; all inputs must share a device");
   TORCH_CHECK(grad_output.numel() == d.batch * d.queries * d.heads * d.channels,
               "msda: grad_output must be [B, Q, M*D] = [", d.batch, ", ", d.queries, ", ", d.heads * d.channels,
               "], got ", grad_output.sizes());

@@ -7,10 +7,17 @@ Public API:
     active_implementation        which implementation serves a device, and why
 """
 
+from msda import loader as _loader
+from msda import registration as _registration
 from msda.loader import Implementation, active_implementation
 from msda.module import MultiScaleDeformableAttention
 from msda.op import ms_deform_attn
 from msda.reference import ms_deform_attn_reference
+
+# A verified cached build is loaded now (it defines the ops); then Python defines whatever is still
+# missing and attaches fake kernels, autograd, autocast and the build-on-first-call fallback.
+_loader.load_cached()
+_registration.register()
 
 __all__ = [
     "Implementation",

@@ -1,9 +1,12 @@
 """JIT build and load of the C++/CUDA extension, with a clear fallback to the reference.
 
-The first call compiles ``csrc/`` with ``torch.utils.cpp_extension.load`` (ninja) into a cache
-folder and logs one line saying so; later processes load the cached library in well under a
-second. An exclusive file lock serialises concurrent builds, so two processes starting at once
-never see a half-written library.
+``import msda`` loads a cached library when one is there and verifies (size and sha256 recorded at
+build time, see :mod:`msda.build_cache`); it never compiles. Otherwise the first call of the op
+compiles ``csrc/`` with ``torch.utils.cpp_extension.load`` (ninja) into a cache folder, printing a
+progress line every 15 s (the first CPU build takes up to a few minutes on a small machine). An exclusive
+file lock serialises concurrent builds; a process that waits for another's build says so every
+15 s. A broken cached build is rebuilt; when no build is possible the op falls back to the
+reference with one warning whose advice fits the cause.
 
 Environment variables:
     MSDA_FORCE_REFERENCE=1   never compile; use the pure-PyTorch reference everywhere.
@@ -15,20 +18,40 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import logging
 import os
+import shlex
+import shutil
+import sys
 import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from msda import build_cache
+from msda.build_cache import Entry
+
 logger = logging.getLogger("msda")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+HEARTBEAT_SECONDS = 15.0  # progress lines while compiling or waiting for another process's build
+
+
+class BuildUnavailable(RuntimeError):
+    """No compiled library can be had here; ``reason`` says why, ``advice`` what to do."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.advice = advice
 
 
 def source_dir() -> Path:
@@ -77,15 +100,17 @@ def wants_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _sources(with_cuda: bool) -> list[Path]:
+def _sources(with_cuda: bool, cpu_kernels: bool = True) -> list[Path]:
     root = source_dir()
-    sources = [root / "ms_deform_attn.cpp", *sorted((root / "cpu").glob("*.cpp"))]
+    sources = [root / "ms_deform_attn.cpp"]
+    if cpu_kernels:
+        sources += sorted((root / "cpu").glob("*.cpp"))
     if with_cuda:
         sources += sorted((root / "cuda").glob("*.cu"))
     return sources
 
 
-def _build_name(sources: list[Path], cflags: list[str], with_cuda: bool) -> str:
+def _build_name(sources: list[Path], cflags: list[str], with_cuda: bool, cpu_kernels: bool = True) -> str:
     digest = hashlib.sha256()
     for path in sources:
         digest.update(path.name.encode())
@@ -96,63 +121,157 @@ def _build_name(sources: list[Path], cflags: list[str], with_cuda: bool) -> str:
     digest.update(torch.__version__.encode())
     if with_cuda:
         digest.update(_cuda_arch_list().encode())
-    kind = "cuda" if with_cuda else "cpu"
+    kind = ("cuda" if cpu_kernels else "cudaonly") if with_cuda else "cpu"
     return f"msda_{kind}_{digest.hexdigest()[:12]}"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MSDA_CACHE_DIR", Path.home() / ".cache" / "msda"))
+    return Path(os.environ.get("MSDA_CACHE_DIR") or Path.home() / ".cache" / "msda")
 
 
-def build(with_cuda: bool, build_root: Path | None = None) -> Path:
+def _plan(with_cuda: bool, build_root: Path | None, cpu_kernels: bool = True) -> tuple[Entry, list[Path], list[str]]:
+    sources = _sources(with_cuda, cpu_kernels)
+    cflags = _cpu_flags()
+    name = _build_name(sources, cflags, with_cuda, cpu_kernels)
+    return Entry((build_root or cache_dir()) / name, name), sources, cflags
+
+
+def _load(entry: Entry) -> None:
+    torch.ops.load_library(str(entry.library))
+
+
+def build(with_cuda: bool, build_root: Path | None = None, cpu_kernels: bool = True) -> Path:
     """Compile (or reuse) the extension and load it into this process; return the library's path.
 
-    The library's name carries a hash of the sources, flags and torch version, so an existing file
-    is current and is loaded directly (no compiler, no ninja). Raises whatever the compiler raises;
-    :func:`ensure_loaded` turns that into a fallback.
+    The library's name carries a hash of the sources, flags and torch version; a cached library is
+    loaded only after its size and sha256 match what its build recorded, and is rebuilt otherwise.
+    ``cpu_kernels=False`` builds the CUDA sources alone (the build check of a machine without GPU).
+    Raises :class:`BuildUnavailable` when the cache folder is not writable or no compiler or ninja
+    is found, or whatever the compiler raises.
     """
-    sources = _sources(with_cuda)
-    cflags = _cpu_flags()
-    name = _build_name(sources, cflags, with_cuda)
-    build_dir = (build_root or cache_dir()) / name
-    library = build_dir / f"{name}.so"
-    # written only after a build finished and loaded, so a library that a concurrent build is still
-    # linking is never picked up
-    complete = build_dir / "complete"
-    if complete.exists():
-        torch.ops.load_library(str(library))
-        return library
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS even if this process dies
-        if complete.exists():  # another process built it while we waited
-            torch.ops.load_library(str(library))
-            return library
-        wait = "several minutes" if with_cuda else "about a minute"
-        logger.warning("msda: compiling the %s extension on first use (%s, cached in %s)", "CPU+CUDA" if with_cuda else "CPU", wait, build_dir)
-        _compile(name, sources, cflags, build_dir, with_cuda)
-        complete.touch()
-    return library
+    entry, sources, cflags = _plan(with_cuda, build_root, cpu_kernels)
+    if build_cache.problem(entry) is None:
+        _load(entry)
+        return entry.library
+    try:
+        entry.folder.mkdir(parents=True, exist_ok=True)
+        lock = open(entry.folder / build_cache.LOCK, "a")  # noqa: SIM115 - held for the whole build
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+            raise BuildUnavailable(
+                f"the cache folder {entry.folder.parent} is not writable ({type(error).__name__}: {error.strerror})",
+                "Set MSDA_CACHE_DIR to a writable folder.",
+            ) from error
+        raise
+    with lock:
+        _acquire(lock, entry)  # released by the OS even if this process dies
+        problem = build_cache.problem(entry)
+        if problem is None:  # another process built it while we waited
+            _load(entry)
+            return entry.library
+        if problem != build_cache.NO_BUILD:
+            logger.warning("msda: the cached build in %s cannot be used: %s; rebuilding it", entry.folder, problem)
+            build_cache.clear(entry)
+        _check_tools()
+        kind = "CPU+CUDA" if with_cuda and cpu_kernels else ("CUDA" if with_cuda else "CPU")
+        logger.warning(
+            "msda: compiling the %s extension on first use; this takes up to a few minutes%s, once; cached in %s",
+            kind, " (more with CUDA)" if with_cuda else "", entry.folder,
+        )
+        with _heartbeat(f"msda: still compiling the {kind} extension ({{seconds}} s; the first build takes up to a few minutes)"):
+            _compile(entry, sources, cflags, with_cuda)
+        build_cache.record_complete(entry)
+    return entry.library
 
 
-def _compile(name: str, sources: list[Path], cflags: list[str], build_dir: Path, with_cuda: bool) -> None:
-    """Run the JIT build (ninja) into ``build_dir`` and load the result."""
+def _acquire(lock, entry: Entry) -> None:
+    """Take the build lock; while another process holds it, say so every HEARTBEAT_SECONDS."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    logger.warning("msda: another process is building %s; waiting for it", entry.folder)
+    start = time.monotonic()
+    next_beat = start + HEARTBEAT_SECONDS
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            now = time.monotonic()
+            if now >= next_beat:
+                logger.warning("msda: still waiting for another process's build of %s (%d s)", entry.folder, now - start)
+                next_beat += HEARTBEAT_SECONDS
+            time.sleep(min(0.5, HEARTBEAT_SECONDS / 4))
+
+
+@contextlib.contextmanager
+def _heartbeat(template: str) -> Iterator[None]:
+    """Log ``template`` (with ``{seconds}``) every HEARTBEAT_SECONDS until the block ends."""
+    done = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            logger.warning(template.format(seconds=int(time.monotonic() - start)))
+
+    thread = threading.Thread(target=beat, name="msda-build-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _check_tools() -> None:
+    """Raise :class:`BuildUnavailable` when the compiler or ninja is missing (before trying)."""
+    venv_bin = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and shutil.which("ninja", path=venv_bin):
+        # pip's ninja lives next to this interpreter, which is not on PATH unless the venv is active
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    compiler = os.environ.get("CXX") or "c++"
+    words = shlex.split(compiler) or ["c++"]
+    if shutil.which(words[0]) is None:
+        raise BuildUnavailable(f"no C++ compiler found (CXX={compiler})", "Install a C++ compiler (g++ or clang++) and ninja for the fast kernels.")
+    if shutil.which("ninja") is None:
+        raise BuildUnavailable("ninja is not installed", "Install ninja (pip install ninja) for the fast kernels.")
+
+
+class _DropNoCudaRuntime(logging.Filter):
+    """torch.utils.cpp_extension warns "No CUDA runtime is found" when imported on a machine without
+    GPU; that is expected, and alarming, when we build the CPU kernels only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def _compile(entry: Entry, sources: list[Path], cflags: list[str], with_cuda: bool) -> None:
+    """Run the JIT build (ninja) into the entry's folder and load the result."""
     if "CUDA_HOME" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
         # torch guesses CUDA_HOME from the nvcc on PATH, which is wrong on some installs
         os.environ["CUDA_HOME"] = "/usr/local/cuda"
-    from torch.utils import cpp_extension
+    extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    quiet = _DropNoCudaRuntime()
+    if not with_cuda:
+        extension_logger.addFilter(quiet)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        extension_logger.removeFilter(quiet)
 
     extra: dict = {}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list())
         extra["extra_cuda_cflags"] = ["-O3"]
     cpp_extension.load(
-        name=name,
+        name=entry.name,
         sources=[str(s) for s in sources],
         extra_cflags=cflags,
         extra_ldflags=["-fopenmp"],
         extra_include_paths=[str(source_dir())],
-        build_directory=str(build_dir),
+        build_directory=str(entry.folder),
         is_python_module=False,
         with_cuda=with_cuda,
         verbose=_env_true("MSDA_VERBOSE_BUILD"),
@@ -175,6 +294,25 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "cpu": False, "cuda": False, "reason": "not loaded yet"}
 
 
+def load_cached() -> bool:
+    """At import: load a verified cached build if there is one; never compile, never warn."""
+    if _env_true("MSDA_FORCE_REFERENCE"):
+        return False
+    with _lock:
+        if _state["tried"]:
+            return bool(_state["cpu"])
+        try:
+            with_cuda = wants_cuda()
+            entry, _, _ = _plan(with_cuda, None)
+            if build_cache.problem(entry) is not None:
+                return False
+            _load(entry)
+        except Exception:  # noqa: BLE001 - the first call will rebuild and report
+            return False
+        _state.update(tried=True, cpu=True, cuda=with_cuda, reason=f"compiled from {source_dir()} (cached in {entry.folder})")
+        return True
+
+
 def ensure_loaded() -> None:
     """Load the compiled op once per process; on failure, warn once and record why."""
     if _state["tried"]:
@@ -187,18 +325,26 @@ def ensure_loaded() -> None:
             return
         with_cuda = wants_cuda()
         try:
-            build(with_cuda)
-            _state.update(cpu=True, cuda=with_cuda, reason=f"compiled from {source_dir()}")
+            library = build(with_cuda)
+            _state.update(cpu=True, cuda=with_cuda, reason=f"compiled from {source_dir()} (cached in {library.parent})")
+        except BuildUnavailable as error:
+            _fall_back(error.reason, error.advice)
         except Exception as error:  # noqa: BLE001 - any build failure means: use the reference
-            cause = _first_error_line(error)
-            _state.update(reason=f"compiling the extension failed ({cause})")
-            warnings.warn(
-                f"msda: falling back to the pure-PyTorch reference, {_state['reason']}. "
-                "Install a C++ compiler and ninja for the fast kernels, or set MSDA_FORCE_REFERENCE=1 to silence this.",
-                RuntimeWarning,
-                stacklevel=3,
+            _fall_back(
+                f"compiling the extension failed ({_first_error_line(error)})",
+                "Set MSDA_VERBOSE_BUILD=1 to see the compiler's output.",
             )
         _state["tried"] = True
+
+
+def _fall_back(reason: str, advice: str) -> None:
+    _state["reason"] = reason
+    warnings.warn(
+        f"msda: falling back to the pure-PyTorch reference: {reason}. {advice} "
+        "Or set MSDA_FORCE_REFERENCE=1 to silence this.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def _first_error_line(error: BaseException) -> str:

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import nn
 
-from msda.op import compiled_op_available, ms_deform_attn
+from msda.op import ms_deform_attn
 from msda.reference import ms_deform_attn_reference
 from msda.validation import autocast_active
 
@@ -27,9 +27,11 @@ class MultiScaleDeformableAttention(nn.Module):
         num_points: P, sampling points per head and level.
         im2col_step: passed to the op (compatibility only).
         use_reference: run the pure-PyTorch reference instead of the compiled op (e.g. for ONNX export).
+        value_proj_ratio: ``value_proj`` maps to V = int(C · ratio) channels (mmcv's option; 1.0 in
+            the paper); V must be divisible by ``num_heads``.
 
     Parameters: ``sampling_offsets`` Linear(C, M·L·P·2), ``attention_weights`` Linear(C, M·L·P),
-    ``value_proj`` Linear(C, C), ``output_proj`` Linear(C, C).
+    ``value_proj`` Linear(C, V), ``output_proj`` Linear(V, C).
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class MultiScaleDeformableAttention(nn.Module):
         num_points: int = 4,
         im2col_step: int = 64,
         use_reference: bool = False,
+        value_proj_ratio: float = 1.0,
     ) -> None:
         super().__init__()
         for name, number in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_levels", num_levels), ("num_points", num_points)):
@@ -47,24 +50,29 @@ class MultiScaleDeformableAttention(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {number!r}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        head_dim = embed_dim // num_heads
+        if isinstance(value_proj_ratio, bool) or not isinstance(value_proj_ratio, (int, float)) or not value_proj_ratio > 0:
+            raise ValueError(f"value_proj_ratio must be a positive number, got {value_proj_ratio!r}")
+        value_dim = int(embed_dim * value_proj_ratio)
+        if value_dim < num_heads or value_dim % num_heads != 0:
+            raise ValueError(
+                f"value_proj_ratio {value_proj_ratio} gives {value_dim} value channels (int(embed_dim * value_proj_ratio)), "
+                f"which must be a positive multiple of num_heads ({num_heads})"
+            )
+        head_dim = value_dim // num_heads
         if head_dim & (head_dim - 1) != 0:
-            warnings.warn(f"head dim {head_dim} (embed_dim / num_heads) is not a power of 2; the kernels are fastest with powers of 2", stacklevel=2)
+            warnings.warn(f"head dim {head_dim} (value channels / num_heads) is not a power of 2; the kernels are fastest with powers of 2", stacklevel=2)
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.num_levels = num_levels
         self.num_points = num_points
         self.im2col_step = im2col_step
         self.use_reference = use_reference
+        self.value_dim = value_dim
         self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
-        self.value_proj = nn.Linear(embed_dim, embed_dim)
-        self.output_proj = nn.Linear(embed_dim, embed_dim)
+        self.value_proj = nn.Linear(embed_dim, value_dim)
+        self.output_proj = nn.Linear(value_dim, embed_dim)
         self.reset_parameters()
-        if not use_reference:
-            # load (on first use: build) the compiled op now, eagerly, so that torch.compile and
-            # torch.export of a model holding this module trace the compiled op
-            compiled_op_available("cpu")
 
     def reset_parameters(self) -> None:
         """The paper's initialisation: offsets start on a ring of directions, one per head,
@@ -100,7 +108,7 @@ class MultiScaleDeformableAttention(nn.Module):
             reference_points: ``[B, Q, L, 2]`` normalized (x, y) points, or ``[B, Q, L, 4]``
                 normalized (cx, cy, w, h) boxes, whose half size scales the offsets.
             value: ``[B, S, C]`` flattened multi-scale features (before ``value_proj``).
-            spatial_shapes: int64 ``[L, 2]`` (H, W); level_start_index: int64 ``[L]``.
+            spatial_shapes: int64 or int32 ``[L, 2]`` (H, W); level_start_index: int64 or int32 ``[L]``.
             value_padding_mask: bool ``[B, S]``, True where the position is padding (zeroed).
 
         Returns:
@@ -124,7 +132,7 @@ class MultiScaleDeformableAttention(nn.Module):
             if value_padding_mask.shape != (batch, total):
                 raise ValueError(f"value_padding_mask must have shape [B={batch}, S={total}], got {tuple(value_padding_mask.shape)}")
             projected = projected.masked_fill(value_padding_mask[..., None].bool(), 0.0)
-        head_dim = self.embed_dim // self.num_heads
+        head_dim = self.value_dim // self.num_heads
         projected = projected.view(batch, total, self.num_heads, head_dim)
 
         levels, points = self.num_levels, self.num_points

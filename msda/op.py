@@ -1,79 +1,26 @@
-"""The public op: ``msda.ms_deform_attn``, backed by ``torch.ops.msda.ms_deform_attn``.
+"""The public op: ``msda.ms_deform_attn``, a checked call of ``torch.ops.msda.ms_deform_attn``.
 
-The schema and kernels live in C++ (``csrc/``). This file registers, from Python, what compile,
-export and autocast need: fake kernels for the forward and backward ops, the autograd formula
-(whose backward calls the backward op, so graphs see through it) and autocast rules.
+The op itself (schema, kernels, fake kernels, autograd, autocast, the build-on-first-call
+fallback) is put together in :mod:`msda.registration`; this function adds argument checks whose
+messages name the argument, and always calls the op, so torch.compile and torch.export trace it as
+one node whether or not the library has been built yet.
 """
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
-from msda import loader
-from msda.reference import ms_deform_attn_reference
+from msda import registration
 from msda.validation import check_inputs
-
-_registered = False
-_register_lock = threading.Lock()
-
-
-def _fake_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-    batch, _, heads, channels = value.shape
-    queries = sampling_locations.shape[1]
-    return value.new_empty(batch, queries, heads * channels)
-
-
-def _fake_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
-
-
-def _setup_context(ctx, inputs, output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step = inputs
-    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    ctx.im2col_step = im2col_step
-
-
-def _backward(ctx, grad_output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
-    grad_value, grad_locations, grad_weights = torch.ops.msda.ms_deform_attn_backward(
-        grad_output.contiguous(), value, spatial_shapes, level_start_index, sampling_locations, attention_weights, ctx.im2col_step
-    )
-    return grad_value, None, None, grad_locations, grad_weights, None
-
-
-def register_python_side() -> None:
-    """Attach fake kernels, autograd and autocast to the C++ ops (once per process)."""
-    global _registered
-    with _register_lock:
-        if _registered:
-            return
-        torch.library.register_fake("msda::ms_deform_attn")(_fake_forward)
-        torch.library.register_fake("msda::ms_deform_attn_backward")(_fake_backward)
-        torch.library.register_autograd("msda::ms_deform_attn", _backward, setup_context=_setup_context)
-        # Mixed-precision callers hand us fp16/bf16 values with fp32 locations; the kernels want
-        # one dtype, so autocast runs the op in fp32 (the precision the original op always used).
-        for device_type in ("cpu", "cuda"):
-            torch.library.register_autocast("msda::ms_deform_attn", device_type, torch.float32)
-        _registered = True
 
 
 def compiled_op_available(device_type: str) -> bool:
     """True when ``torch.ops.msda.ms_deform_attn`` has a compiled kernel for ``device_type``.
 
-    Loads (and on first use builds) the extension. Under torch.compile / torch.export only what is
-    already loaded counts, as a plain read that the tracer folds into a constant: build the module
-    (``MultiScaleDeformableAttention`` loads the op on construction) or call the op once eagerly
-    before compiling, or the traced graph uses the reference.
+    Loads (and on first use builds) the extension. Not needed before torch.compile or
+    torch.export: the op traces the same either way and builds on its first real call.
     """
-    if torch.compiler.is_compiling():
-        return loader.loaded(device_type) and _registered
-    if not loader.is_compiled(device_type):
-        return False
-    if not _registered:
-        register_python_side()
-    return True
+    return registration.compiled_kernel_ready(device_type)
 
 
 def ms_deform_attn(
@@ -93,8 +40,8 @@ def ms_deform_attn(
 
     Args:
         value: ``[B, S, M, D]``, S = Σ H_l·W_l, levels flattened in order, each row-major.
-        spatial_shapes: int64 ``[L, 2]`` as (H_l, W_l).
-        level_start_index: int64 ``[L]``.
+        spatial_shapes: int64 or int32 ``[L, 2]`` as (H_l, W_l).
+        level_start_index: int64 or int32 ``[L]``.
         sampling_locations: ``[B, Q, M, L, P, 2]`` normalized (x, y).
         attention_weights: ``[B, Q, M, L, P]``.
         im2col_step: accepted for compatibility with the original op; any batch size works.
@@ -102,12 +49,9 @@ def ms_deform_attn(
     Returns:
         ``[B, Q, M*D]``, differentiable w.r.t. value, sampling_locations and attention_weights.
 
-    Uses the compiled kernel for the inputs' device when there is one (see
-    :func:`msda.active_implementation`), otherwise :func:`msda.ms_deform_attn_reference`.
+    Runs the compiled kernel for the inputs' device; the first call in a process without a cached
+    build compiles it (see :func:`msda.active_implementation`). Where it cannot be compiled, and on
+    devices without a kernel, the op computes :func:`msda.ms_deform_attn_reference`.
     """
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step)
-    if compiled_op_available(value.device.type):
-        return torch.ops.msda.ms_deform_attn(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
-        )
-    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step)
+    return torch.ops.msda.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step)

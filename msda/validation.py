@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+INDEX_DTYPES = (torch.int64, torch.int32)  # for spatial_shapes and level_start_index; both give the same results
+
 
 def _is_tracing() -> bool:
     """True under torch.compile / torch.export / jit tracing, where tensor data is not available."""
@@ -67,8 +69,8 @@ def check_inputs(
         if not named[name].is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {named[name].dtype}")
     for name in ("spatial_shapes", "level_start_index"):
-        if named[name].dtype != torch.int64:
-            raise TypeError(f"{name} must be int64, got {named[name].dtype}")
+        if named[name].dtype not in INDEX_DTYPES:
+            raise TypeError(f"{name} must be int64 or int32, got {named[name].dtype}")
 
     device = value.device
     for name, tensor in named.items():

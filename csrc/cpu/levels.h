@@ -14,8 +14,8 @@ struct Level {
 // Checks that the levels are positive and laid out back to back, covering exactly `spatial` rows.
 inline std::vector<Level> read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
                                       int64_t spatial) {
-  auto shapes = spatial_shapes.contiguous();
-  auto starts = level_start_index.contiguous();
+  auto shapes = spatial_shapes.to(at::kLong).contiguous();  // int32 or int64 accepted
+  auto starts = level_start_index.to(at::kLong).contiguous();
   const int64_t* s = shapes.data_ptr<int64_t>();
   const int64_t* st = starts.data_ptr<int64_t>();
   std::vector<Level> levels;

@@ -234,8 +234,8 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
                                     attention_weights, im2col_step);
   const c10::cuda::CUDAGuard guard(value.device());
   auto value_c = value.contiguous();
-  auto shapes_c = spatial_shapes.contiguous();
-  auto starts_c = level_start_index.contiguous();
+  auto shapes_c = spatial_shapes.to(at::kLong).contiguous();  // int32 or int64 accepted
+  auto starts_c = level_start_index.to(at::kLong).contiguous();
   auto locations_c = sampling_locations.contiguous();
   auto weights_c = attention_weights.contiguous();
   auto output = at::zeros({d.batch, d.queries, d.heads * d.channels}, value.options());
@@ -266,8 +266,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const c10::cuda::CUDAGuard guard(value.device());
   auto grad_c = grad_output.to(value.scalar_type()).contiguous();
   auto value_c = value.contiguous();
-  auto shapes_c = spatial_shapes.contiguous();
-  auto starts_c = level_start_index.contiguous();
+  auto shapes_c = spatial_shapes.to(at::kLong).contiguous();  // int32 or int64 accepted
+  auto starts_c = level_start_index.to(at::kLong).contiguous();
   auto locations_c = sampling_locations.contiguous();
   auto weights_c = attention_weights.contiguous();
   const auto opmath = value.options().dtype(at::toOpMathType(value.scalar_type()));
