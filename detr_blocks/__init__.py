@@ -15,75 +15,139 @@ Box ops
     box_iou(boxes1, boxes2, aligned=False), generalized_box_iou(boxes1, boxes2, aligned=False)
 Small pieces
     MLP(input_dim, hidden_dim, output_dim, num_layers, activation="relu")
-    inverse_sigmoid(x, eps=1e-5), refine_boxes(delta, reference)
-    get_activation(name_or_callable), valid_ratios(mask, dtype=torch.float32) -> [B, 2]
+    get_activation(name_or_callable), ACTIVATIONS (the names), valid_ratios(mask, dtype=torch.float32) -> [B, 2]
+    inverse_sigmoid(x, eps=1e-5), refine_boxes(delta, reference, eps=1e-5)
     MultiheadSelfAttention(embed_dim=256, num_heads=8, dropout=0.0, bias=True)
+Feed-forward block (encoder and decoder layers build it by default, as fc1, fc2, final_layer_norm)
+    FeedForward(d_model=256, ffn_dim=1024, *, activation="relu", dropout=0.1, activation_dropout=0.0,
+                norm_layer=nn.LayerNorm)  forward([..., C]) -> [..., C], residual sum and norm included
 Encoder
     DeformableEncoderLayer(d_model=256, ffn_dim=1024, *, self_attn=None, num_heads=8, num_levels=4,
-                           num_points=4, dropout=0.1, activation_dropout=0.0, activation="relu")
+                           num_points=4, dropout=0.1, activation_dropout=0.0, activation="relu",
+                           feed_forward=None, norm_layer=nn.LayerNorm)
     DeformableEncoder(layers)  -> DeformableEncoderOutput(last_hidden_state, hidden_states)
     encoder_reference_points(spatial_shapes, valid_ratios) -> [B, S, L, 2]
 Decoder
     DeformableDecoderLayer(d_model=256, ffn_dim=1024, *, self_attn=None, encoder_attn=None,
                            num_heads=8, num_levels=4, num_points=4, dropout=0.1,
-                           attention_dropout=0.0, activation_dropout=0.0, activation="relu")
-    DeformableDecoder(layers, bbox_embed=None, class_embed=None)
+                           attention_dropout=0.0, activation_dropout=0.0, activation="relu",
+                           feed_forward=None, norm_layer=nn.LayerNorm)
+    DeformableDecoder(layers, bbox_embed=None, class_embed=None, *, refinement=None,
+                      query_position=None, intermediate_norm=None)
         -> DeformableDecoderOutput(last_hidden_state, intermediate_hidden_states,
                                    intermediate_reference_points, hidden_states)
+Decoder policies (per layer)
+    refinement: NoRefinement(), DetachedRefinement(eps=1e-5) (default with bbox_embed),
+        LookForwardTwice(eps=1e-5) (DINO); base ReferenceRefinement, forward(index, hidden_states,
+        reference_points, box_head) -> RefinedReferences(next_reference, recorded)
+    query_position: InputQueryPosition() (default), BoxQueryPosition(d_model=256, *, ref_dim=4,
+        num_pos_feats=None (C/2), temperature=10000.0, scale=2π, num_layers=2) (DINO);
+        forward(index, hidden_states, level_points, position_embeddings) -> [B, Q, C] | None
+    box_sine_embedding(boxes [..., 2|4], num_pos_feats=128, temperature=10000.0, scale=2π)
+        -> [..., 2F|4F] in the order (y, x[, w, h])
 Two-stage
     encoder_output_proposals(memory, padding_mask, spatial_shapes, base_size=0.05,
                              valid_range=(0.01, 0.99)) -> (memory, proposal_logits)
-    select_top_proposals(class_logits, coord_logits, k) -> (coord_logits [B, k, 4], indices)
+    select_top_proposals(class_logits, coord_logits, k, *, scoring="first_class" | "max_class" | callable)
+        -> (coord_logits [B, k, 4] detached, indices [B, k]);  proposal_scores(class_logits, scoring) -> [B, S]
     proposal_position_embedding(proposal_logits, num_pos_feats=128, temperature=10000.0, scale=2π)
 Matching and losses
     HungarianMatcher(class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, focal_alpha=0.25, focal_gamma=2.0)
     sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0) -> elementwise loss
     SetCriterion(num_classes, matcher=None, weight_dict=None (paper: loss_ce 2, loss_bbox 5, loss_giou 2),
-                 losses=("labels", "boxes", "cardinality"), focal_alpha=0.25, focal_gamma=2.0)
+                 losses=("labels", "boxes", "cardinality"), focal_alpha=0.25, focal_gamma=2.0, *,
+                 extra_losses=None ({name: fn(outputs, targets, indices, num_boxes) -> {term: tensor}}),
+                 logged=("class_error", "cardinality_error"))
         forward(outputs, targets) -> (total, loss_dict); outputs: logits, pred_boxes, optional
-        auxiliary_outputs (list) and enc_outputs (two-stage); targets: class_labels, boxes
+        auxiliary_outputs (list) and enc_outputs (two-stage); targets: class_labels, boxes.
+        Overridable: get_loss(name, outputs, targets, indices, num_boxes, *, log=False),
+        losses_for(outputs, targets, num_boxes, *, log=False, indices=None), compute_losses,
+        encoder_targets; weight_of(name); a term neither weighted nor logged raises.
+    weight_names(name) -> [name, ..., base]: suffixes _<digits>, _enc, _dn, _interm stripped one by one
     average_num_boxes(targets, device) -> float (averaged over processes when distributed)
+Contrastive denoising (DINO)
+    contrastive_denoising_queries(targets, num_classes, label_embedding, num_queries, *, dn_number=100,
+        label_noise_ratio=0.5, box_noise_scale=0.4, eps=1e-3)
+        -> DenoisingQueries(content [B, pad, C], box_logits [B, pad, 4], attn_mask [pad+Q, pad+Q], meta)
+    DenoisingMeta(pad_size, num_dn_group) (.group_size); denoising_group_count(max_targets, dn_number)
+    denoising_attention_mask(meta, num_queries, device=None) -> bool [pad+Q, pad+Q], True = blocked
+    split_denoising_outputs(tensor, meta, dim=1) -> (dn part | None, matching part)
+    denoising_matching_indices(targets, meta) -> [(query_index, target_index)] per image
+    denoising_losses(criterion, dn_outputs, targets, meta, num_boxes) -> {"<term>_dn", "<term>_dn_<i>"}
 """
 
-from detr_blocks.activation import get_activation
+from detr_blocks.activation import ACTIVATIONS, get_activation
 from detr_blocks.attention import MultiheadSelfAttention
 from detr_blocks.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer, DeformableDecoderOutput
+from detr_blocks.denoising import (
+    DenoisingMeta,
+    DenoisingQueries,
+    contrastive_denoising_queries,
+    denoising_attention_mask,
+    denoising_group_count,
+    denoising_losses,
+    denoising_matching_indices,
+    split_denoising_outputs,
+)
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer, DeformableEncoderOutput, encoder_reference_points
+from detr_blocks.feed_forward import FeedForward
 from detr_blocks.functional import inverse_sigmoid, refine_boxes
-from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_loss
+from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_loss, weight_names
 from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
-from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, select_top_proposals
+from detr_blocks.query_position import BoxQueryPosition, InputQueryPosition, box_sine_embedding
+from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, RefinedReferences, ReferenceRefinement
+from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, proposal_scores, select_top_proposals
 from detr_blocks.valid_ratio import valid_ratios
 
 __all__ = [
-    "MLP",
+    "ACTIVATIONS",
+    "BoxQueryPosition",
     "DeformableDecoder",
     "DeformableDecoderLayer",
     "DeformableDecoderOutput",
     "DeformableEncoder",
     "DeformableEncoderLayer",
     "DeformableEncoderOutput",
+    "DenoisingMeta",
+    "DenoisingQueries",
+    "DetachedRefinement",
+    "FeedForward",
     "HungarianMatcher",
+    "InputQueryPosition",
     "LearnedPositionEmbedding",
+    "LookForwardTwice",
+    "MLP",
     "MultiheadSelfAttention",
+    "NoRefinement",
+    "ReferenceRefinement",
+    "RefinedReferences",
     "SetCriterion",
     "SinePositionEmbedding",
     "average_num_boxes",
     "box_area",
     "box_cxcywh_to_xyxy",
     "box_iou",
+    "box_sine_embedding",
     "box_xyxy_to_cxcywh",
+    "contrastive_denoising_queries",
+    "denoising_attention_mask",
+    "denoising_group_count",
+    "denoising_losses",
+    "denoising_matching_indices",
     "encoder_output_proposals",
     "encoder_reference_points",
     "generalized_box_iou",
     "get_activation",
     "inverse_sigmoid",
     "proposal_position_embedding",
+    "proposal_scores",
     "refine_boxes",
     "select_top_proposals",
     "sigmoid_focal_loss",
+    "split_denoising_outputs",
     "valid_ratios",
+    "weight_names",
 ]
