@@ -116,3 +116,26 @@ def test_proposal_errors():
         encoder_output_proposals(torch.zeros(1, 7, 4), None, SHAPES)
     with pytest.raises(ValueError, match="padding_mask"):
         encoder_output_proposals(torch.zeros(1, 29, 4), torch.zeros(1, 29), SHAPES)
+
+
+@pytest.mark.parametrize("scoring", ["first_class", "max_class", lambda logits: logits[..., 1] - logits[..., 2]])
+def test_select_top_proposals_scorings_brute_force(scoring):
+    generator = torch.Generator().manual_seed(3)
+    class_logits, coord_logits = torch.randn(3, 12, 4, generator=generator), torch.randn(3, 12, 4, generator=generator)
+    top, indices = select_top_proposals(class_logits, coord_logits, 5, scoring=scoring)
+    for b in range(3):
+        rows = class_logits[b].tolist()
+        if scoring == "first_class":
+            scores = [row[0] for row in rows]
+        elif scoring == "max_class":
+            scores = [max(row) for row in rows]
+        else:
+            scores = [row[1] - row[2] for row in rows]
+        order = sorted(range(12), key=lambda i: -scores[i])[:5]
+        assert indices[b].tolist() == order
+        torch.testing.assert_close(top[b], coord_logits[b, order])
+    default_top, _ = select_top_proposals(class_logits, coord_logits, 5)
+    if scoring == "first_class":
+        torch.testing.assert_close(default_top, top)
+    with pytest.raises(ValueError, match="scoring"):
+        select_top_proposals(class_logits, coord_logits, 5, scoring="mean")
