@@ -309,7 +309,7 @@ def load_cached() -> bool:
             _load(entry)
         except Exception:  # noqa: BLE001 - the first call will rebuild and report
             return False
-        _state.update(tried=True, cpu=True, cuda=with_cuda, reason=f"compiled from {source_dir()} (cached in {entry.folder})")
+        _state.update(tried=True, cpu=True, cuda=with_cuda, library=entry.library, reason=f"compiled from {source_dir()} (cached in {entry.folder})")
         return True
 
 
@@ -326,7 +326,7 @@ def ensure_loaded() -> None:
         with_cuda = wants_cuda()
         try:
             library = build(with_cuda)
-            _state.update(cpu=True, cuda=with_cuda, reason=f"compiled from {source_dir()} (cached in {library.parent})")
+            _state.update(cpu=True, cuda=with_cuda, library=library, reason=f"compiled from {source_dir()} (cached in {library.parent})")
         except BuildUnavailable as error:
             _fall_back(error.reason, error.advice)
         except Exception as error:  # noqa: BLE001 - any build failure means: use the reference
@@ -357,6 +357,12 @@ def _first_error_line(error: BaseException) -> str:
     errors = [line.strip() for line in lines if "error" in line.lower() and "build stopped" not in line]
     chosen = errors[0] if errors else (lines[-1] if lines else "")
     return f"{type(error).__name__}: {chosen[:300]}"
+
+
+def loaded_library() -> Path | None:
+    """Path of the compiled library this process loaded, if any (never builds anything)."""
+    library = _state.get("library")
+    return library if isinstance(library, Path) else None
 
 
 def loaded(device_type: str) -> bool:

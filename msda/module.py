@@ -147,10 +147,21 @@ class MultiScaleDeformableAttention(nn.Module):
         else:
             locations = reference_points[:, :, None, :, None, :2] + offsets / points * reference_points[:, :, None, :, None, 2:] * 0.5
 
-        attend = ms_deform_attn_reference if self.use_reference else ms_deform_attn
-        if not autocast_active(projected.device):
-            # outside autocast the op wants one dtype; under autocast its rule casts to fp32
-            locations = locations.to(projected.dtype)
-            weights = weights.to(projected.dtype)
-        output = attend(projected, spatial_shapes, level_start_index, locations, weights, self.im2col_step)
+        output = self._attend(projected, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(output)
+
+    def _attend(
+        self,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run the op (or the reference) on projected value ``[B, S, M, D]``; ``[B, Q, M*D]`` out."""
+        attend = ms_deform_attn_reference if self.use_reference else ms_deform_attn
+        if not autocast_active(value.device):
+            # outside autocast the op wants one dtype; under autocast its rule casts to fp32
+            sampling_locations = sampling_locations.to(value.dtype)
+            attention_weights = attention_weights.to(value.dtype)
+        return attend(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, self.im2col_step)

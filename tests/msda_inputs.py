@@ -1,6 +1,11 @@
-"""Random inputs for the msda op tests (shared by the op, module and CUDA tests)."""
+"""Random inputs for the msda op tests (shared by the op, module and CUDA tests), and fresh-process helpers."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -55,3 +60,39 @@ def output_and_grads(fn, inputs, grad_output: torch.Tensor) -> tuple[torch.Tenso
     value, shapes, starts, locations, weights = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
     output = fn(value, shapes, starts, locations, weights)
     return output.detach(), torch.autograd.grad(output, (value, locations, weights), grad_output)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny valid call: value, shapes, starts, locations, weights (fp32, two levels, one int32 level set).
+SMALL_CALL = (
+    "import torch\n"
+    "g = torch.Generator().manual_seed(0)\n"
+    "v = torch.randn(2, 26, 2, 4, generator=g)\n"
+    "s = torch.tensor([[4, 5], [2, 3]]); i = torch.tensor([0, 20])\n"
+    "l = torch.rand(2, 6, 2, 2, 3, 2, generator=g); w = torch.rand(2, 6, 2, 2, 3, generator=g)\n"
+)
+
+
+def run_fresh(code: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process (the repository importable, CUDA sources not built)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "MSDA_BUILD_CUDA": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def fake_compile(good_library: Path, delay: float = 0.0, heartbeat: float | None = None) -> str:
+    """Code that replaces the compiler of a fresh process by a copy of an already built library
+    (after ``delay`` seconds), so the loader's logic around a build is tested without compiling."""
+    lines = [
+        "import shutil as _shutil, time as _time, torch as _torch",
+        "from msda import loader as _loader",
+        "def _fake_compile(entry, sources, cflags, with_cuda):",
+        f"    _time.sleep({delay})",
+        f"    _shutil.copyfile({str(good_library)!r}, entry.library)",
+        "    _torch.ops.load_library(str(entry.library))",
+        "    print('FAKE-COMPILED', flush=True)",
+        "_loader._compile = _fake_compile",
+    ]
+    if heartbeat is not None:
+        lines.append(f"_loader.HEARTBEAT_SECONDS = {heartbeat}")
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ checkpoints load into this class unchanged.
     from msda.integrations.mmcv import MultiScaleDeformableAttention
     layer = MultiScaleDeformableAttention(embed_dims=256, num_levels=4, batch_first=True)
 
-Only ``value_proj_ratio=1.0`` (the default in both libraries) is supported.
+mmcv's function-level names, ``MultiScaleDeformableAttnFunction`` and
+``multi_scale_deformable_attn_pytorch``, are here too (from :mod:`msda.integrations.mmcv_functions`).
 """
 
 from __future__ import annotations
@@ -20,22 +21,26 @@ import warnings
 import torch
 from torch import nn
 
+from msda.integrations.mmcv_functions import MultiScaleDeformableAttnFunction, multi_scale_deformable_attn_pytorch
 from msda.module import MultiScaleDeformableAttention as _MsdaAttention
+from msda.validation import autocast_active
 
-__all__ = ["MultiScaleDeformableAttention"]
+__all__ = ["MultiScaleDeformableAttention", "MultiScaleDeformableAttnFunction", "multi_scale_deformable_attn_pytorch"]
 
 
 class MultiScaleDeformableAttention(_MsdaAttention):
     """mmcv/detrex-compatible multi-scale deformable attention with residual and dropout.
 
     Args:
-        embed_dims: model width C (mmcv's name; ``embed_dim=`` is accepted as detrex's name).
+        embed_dims: model width C (mmcv's name; ``embed_dim=`` is accepted as detrex's name);
+            must be divisible by ``num_heads`` (``ValueError`` otherwise, as in mmcv).
         num_heads, num_levels, num_points: M, L, P.
         im2col_step: passed to the op (``img2col_step=`` is accepted as detrex's name).
         dropout: dropout applied to the attention output before the residual add.
         batch_first: ``True`` for ``[B, N, C]`` query/value/identity, ``False`` (the mmcv and
             detrex default) for ``[N, B, C]``.
-        value_proj_ratio: must be 1.0.
+        value_proj_ratio: ``value_proj`` maps to ``int(embed_dims * value_proj_ratio)`` channels
+            and ``output_proj`` maps them back, as in mmcv (so its checkpoints load).
         norm_cfg, init_cfg: accepted for signature compatibility with mmcv and ignored (mmcv
             ignores ``norm_cfg`` too; initialisation is always the paper's, see
             :meth:`init_weights`).
@@ -64,15 +69,16 @@ class MultiScaleDeformableAttention(_MsdaAttention):
             raise ValueError(f"embed_dims ({embed_dims}) and embed_dim ({embed_dim}) disagree; pass one of them")
         if im2col_step is not None and img2col_step is not None and im2col_step != img2col_step:
             raise ValueError(f"im2col_step ({im2col_step}) and img2col_step ({img2col_step}) disagree; pass one of them")
-        if value_proj_ratio != 1.0:
-            raise ValueError(f"value_proj_ratio must be 1.0 (a reduced value projection is not supported), got {value_proj_ratio!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first must be a bool, got {type(batch_first).__name__}")
         width = embed_dims if embed_dims is not None else (embed_dim if embed_dim is not None else 256)
         step = im2col_step if im2col_step is not None else (img2col_step if img2col_step is not None else 64)
-        super().__init__(embed_dim=width, num_heads=num_heads, num_levels=num_levels, num_points=num_points, im2col_step=step)
+        super().__init__(
+            embed_dim=width, num_heads=num_heads, num_levels=num_levels, num_points=num_points, im2col_step=step, value_proj_ratio=value_proj_ratio
+        )
+        self.value_proj_ratio = value_proj_ratio
         self.embed_dims = width
         self.norm_cfg = norm_cfg
         self.batch_first = batch_first
@@ -81,6 +87,13 @@ class MultiScaleDeformableAttention(_MsdaAttention):
     def init_weights(self) -> None:
         """mmcv's name for the paper's initialisation (:meth:`reset_parameters`)."""
         self.reset_parameters()
+
+    def _attend(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        """The attention as mmcv computes it, dtype included: its CUDA path (and any path outside
+        autocast) runs in value's dtype; its CPU path under autocast returns grid_sample's fp32."""
+        if value.device.type == "cuda" or not autocast_active(value.device):
+            return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, self.im2col_step)
+        return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
 
     def forward(
         self,
@@ -107,7 +120,8 @@ class MultiScaleDeformableAttention(_MsdaAttention):
             key_padding_mask: bool ``[B, S]``, True at padded value positions (zeroed).
             reference_points: ``[B, Q, L, 2]`` points or ``[B, Q, L, 4]`` boxes, normalized,
                 always batch-first (as in mmcv).
-            spatial_shapes: int64 ``[L, 2]`` (H, W); level_start_index: int64 ``[L]``.
+            spatial_shapes: int64 or int32 ``[L, 2]`` (H, W); level_start_index: ``[L]``, int64
+                or int32 (computed from spatial_shapes when ``None``).
             **kwargs: ignored, as mmcv ignores extra keys its transformer layers pass; the
                 old name ``residual=`` for ``identity`` is honoured with a warning, as in mmcv.
 

@@ -1,0 +1,59 @@
+"""Fixtures shared by several test files."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.cli.demo import DEMO_MODEL_CONFIG
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> dict:
+    """DeformableDetrConfig fields of a detector small enough to train for a few steps in a test:
+    the demo detector (two-stage, box refinement, ResNet-18 cut after stage 2) made narrower."""
+    return {**DEMO_MODEL_CONFIG, "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 8,
+            "two_stage_num_proposals": 8, "encoder_n_points": 2, "decoder_n_points": 2}
+
+
+# --- msda: where tests build the compiled op (appended by the msda owner) --------------------------
+# Tests never write to the user's ~/.cache/msda: builds go to one folder per checkout inside pytest's
+# own cache (.pytest_cache/d/msda-build, cleared by `pytest --cache-clear`), reused by every test and
+# every later session, so the suite compiles the op at most once. MSDA_TEST_CACHE_DIR overrides it.
+# Set at conftest import, before any test module runs, and inherited by the subprocesses tests start.
+# (An `import msda` that happens earlier only reads a cache, it never builds into one.)
+def _msda_test_cache_dir() -> str:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    chosen = os.environ.get("MSDA_TEST_CACHE_DIR")
+    folder = Path(chosen) if chosen else Path(__file__).resolve().parents[1] / ".pytest_cache" / "d" / "msda-build"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".writable-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="msda-test-cache-"))
+    return str(folder)
+
+
+def _use_msda_test_cache() -> None:
+    import os
+
+    os.environ["MSDA_CACHE_DIR"] = _msda_test_cache_dir()
+
+
+_use_msda_test_cache()
+
+
+@pytest.fixture(scope="session")
+def msda_cpu_library():
+    """Path of the verified compiled library this process uses (built once if missing); it holds the
+    CPU kernels (and the CUDA ones where torch sees a GPU)."""
+    from msda import loader
+
+    if not loader.is_compiled("cpu"):
+        pytest.skip(f"the compiled op is not available here: {loader.active_implementation('cpu').reason}")
+    return loader.loaded_library()
