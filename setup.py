@@ -5,7 +5,7 @@ Nothing is compiled here and torch is not imported: the extension is JIT-built o
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 
@@ -17,10 +17,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["msda", "msda.integrations", "msda.csrc", "detr_blocks", "models"],
+    packages=[*find_packages(include=["msda", "msda.*", "detr_blocks", "detr_blocks.*", "models", "models.*"]), "msda.csrc"],
     package_dir={"msda.csrc": "csrc"},
     package_data={
-        "models": ["demo_checkpoint/*.json", "demo_checkpoint/*.jsonl", "demo_checkpoint/*.safetensors"],
+        "models.cli": ["demo_checkpoint/*.json", "demo_checkpoint/*.jsonl", "demo_checkpoint/*.safetensors"],
         "msda.csrc": ["*.cpp", "*.h", "cpu/*.cpp", "cpu/*.h", "cuda/*.cu", "cuda/*.cuh", "cuda/*.h"],
     },
     include_package_data=False,
@@ -48,5 +48,5 @@ setup(
             "timm",
         ],
     },
-    entry_points={"console_scripts": ["deformable-detr=models.cli:main"]},
+    entry_points={"console_scripts": ["deformable-detr=models.cli.main:main"]},
 )

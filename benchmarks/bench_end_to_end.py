@@ -5,7 +5,7 @@ random weights (transformers builds and saves them; ours loads the directory). R
 between the two models and the median is reported, with the largest output difference and a
 per-stage breakdown (backbone, encoder, decoder, rest) taken with forward hooks.
 
-    python benchmarks/bench_end_to_end.py [--threads 2] [--repeats 3] [--height 800 --width 1066]
+    python -m benchmarks.bench_end_to_end [--threads 2] [--repeats 3] [--height 800 --width 1066]
 
 Writes docs/benchmarks/end_to_end.md.
 """
@@ -16,16 +16,13 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from models import DeformableDetrForObjectDetection  # noqa: E402
+from models import DeformableDetrForObjectDetection
 
 STAGES = ("backbone", "encoder", "decoder")
 
@@ -130,7 +127,7 @@ def main() -> None:
     top_rows = "\n".join(f"| `{event.key}` | {event.self_cpu_time_total / 1e6:.3f} | {event.count} |" for event in top)
     text = f"""## End-to-end inference vs transformers (CPU)
 
-`python benchmarks/bench_end_to_end.py --threads {args.threads} --repeats {args.repeats}`: Deformable DETR,
+`python -m benchmarks.bench_end_to_end --threads {args.threads} --repeats {args.repeats}`: Deformable DETR,
 ResNet-50, 4 levels, 300 queries, 91 classes, one {args.height}x{args.width} image, fp32,
 `torch.inference_mode()`, {args.threads} threads, the same random weights in both models,
 median of {args.repeats} alternating runs. Machine: {platform.processor() or platform.machine()},

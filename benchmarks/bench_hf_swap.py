@@ -6,7 +6,7 @@ forward pass on a batch of one 800x1066 image with transformers' own attention a
 alternating the two so machine load hits both alike. Prints the ratio and writes
 ``docs/benchmarks/hf_swap.md``.
 
-    python benchmarks/bench_hf_swap.py [--repeats 3] [--threads 2] [--height 800 --width 1066]
+    python -m benchmarks.bench_hf_swap [--repeats 3] [--threads 2] [--height 800 --width 1066]
 
 Until the compiled kernel is available the op falls back to the pure-PyTorch reference, and the
 ratio is about 1; the report says which implementation ran (``msda.active_implementation()``).
@@ -18,19 +18,16 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import msda
+from msda.integrations import hf
 
-import msda  # noqa: E402
-from msda.integrations import hf  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model() -> torch.nn.Module:
@@ -127,7 +124,7 @@ def main() -> None:
                 "",
                 f"Whole `DeformableDetrForObjectDetection` forward (default config, timm ResNet-50, random weights), "
                 f"batch 1, {args.height}x{args.width}, CPU, {args.threads} threads, median of {args.repeats} runs after a warm-up, "
-                "the two variants alternated. Produced by `python benchmarks/bench_hf_swap.py`.",
+                "the two variants alternated. Produced by `python -m benchmarks.bench_hf_swap`.",
                 "",
                 f"| attention | whole forward (s) | speed-up | in the {layers} deformable attention layers (s) | speed-up |",
                 "|---|---:|---:|---:|---:|",

@@ -5,7 +5,7 @@ Compares our slow ``DeformableDetrImageProcessor`` (PIL + numpy), our ``Deformab
 8 scikit-image photographs at the default size (shortest edge 800, longest 1333), with and without COCO
 detection annotations. Writes ``docs/benchmarks/image_processor.md``.
 
-    python benchmarks/bench_image_processor.py [--repeats 7] [--threads 1,4] [--device cpu]
+    python -m benchmarks.bench_image_processor [--repeats 7] [--threads 1,4] [--device cpu]
 
 PIL and numpy (the slow processors) use one core whatever ``--threads`` says; torch (the fast ones) uses
 ``--threads`` intra-op threads, so each thread count is timed separately.
@@ -17,19 +17,17 @@ import argparse
 import os
 import pathlib
 import platform
-import sys
 import time
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import skimage.data
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from models.image_processing import DeformableDetrImageProcessor  # noqa: E402
-from models.image_processing_fast import DeformableDetrImageProcessorFast  # noqa: E402
+from models.processing.image_processing import DeformableDetrImageProcessor
+from models.processing.image_processing_fast import DeformableDetrImageProcessorFast
 
 PHOTOS = (
     "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "colorwheel"
@@ -78,7 +76,7 @@ def interleaved_best(functions: dict[str, Callable[[], Any]], repeats: int) -> d
     return best
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
@@ -158,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         [
             "## Image processors",
             "",
-            "`python benchmarks/bench_image_processor.py` "
+            "`python -m benchmarks.bench_image_processor` "
             f"(repeats={args.repeats}, torch threads={args.threads}, fast device={args.device}). "
             "PIL/numpy work is single-threaded; torch threads only speed up the fast processors.",
             "",

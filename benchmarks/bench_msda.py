@@ -9,24 +9,20 @@ CPU rows: forward and forward+backward, B = 1 and 2, fp32. CUDA rows (when torch
 B = 1, 2, 8, fp32 and bf16, plus the fewest bytes each call must move divided by its time, as a
 fraction of the copy bandwidth measured in the same run.
 
-    python benchmarks/bench_msda.py            # prints the table, updates docs/benchmarks.md
-    python benchmarks/bench_msda.py --quick    # fewer repetitions, no file written
+    python -m benchmarks.bench_msda            # prints the table, updates docs/benchmarks.md
+    python -m benchmarks.bench_msda --quick    # fewer repetitions, no file written
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import msda  # noqa: E402
-from benchmarks.report import machine_description, write_section  # noqa: E402
+import msda
+from benchmarks.report import machine_description, write_section
 
 LEVELS = [(100, 134), (50, 67), (25, 34), (13, 17)]
 HEADS, CHANNELS, POINTS = 8, 32, 4

@@ -9,17 +9,17 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DeformableDetrConfig": "models.config",
-    "DeformableDetrModel": "models.modeling",
-    "DeformableDetrForObjectDetection": "models.modeling",
-    "deformable_detr": "models.variants",
-    "deformable_detr_single_scale": "models.variants",
-    "deformable_detr_single_scale_dc5": "models.variants",
-    "deformable_detr_box_refine": "models.variants",
-    "deformable_detr_two_stage": "models.variants",
-    "DeformableDetrImageProcessor": "models.image_processing",
-    "DeformableDetrImageProcessorFast": "models.image_processing_fast",
-    "DeformableDetrFeatureExtractor": "models.feature_extraction",
+    "DeformableDetrConfig": "models.ddetr.config",
+    "DeformableDetrModel": "models.ddetr.modeling",
+    "DeformableDetrForObjectDetection": "models.ddetr.modeling",
+    "deformable_detr": "models.ddetr.variants",
+    "deformable_detr_single_scale": "models.ddetr.variants",
+    "deformable_detr_single_scale_dc5": "models.ddetr.variants",
+    "deformable_detr_box_refine": "models.ddetr.variants",
+    "deformable_detr_two_stage": "models.ddetr.variants",
+    "DeformableDetrImageProcessor": "models.processing.image_processing",
+    "DeformableDetrImageProcessorFast": "models.processing.image_processing_fast",
+    "DeformableDetrFeatureExtractor": "models.processing.feature_extraction",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,6 +2,6 @@
 
 import sys
 
-from models.cli import main
+from models.cli.main import main
 
 sys.exit(main())

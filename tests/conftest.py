@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from models.cli.demo import DEMO_MODEL_CONFIG
-
 
 @pytest.fixture(scope="session")
 def tiny_config() -> dict:
     """DeformableDetrConfig fields of a detector small enough to train for a few steps in a test:
     the demo detector (two-stage, box refinement, ResNet-18 cut after stage 2) made narrower."""
+    from models.cli.demo import DEMO_MODEL_CONFIG  # here, not at the top: conftest must not import msda first
+
     return {**DEMO_MODEL_CONFIG, "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
             "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 8,
             "two_stage_num_proposals": 8, "encoder_n_points": 2, "decoder_n_points": 2}

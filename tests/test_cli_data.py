@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models.augmentation import collate, crop, eval_transforms, hflip, recipe_for_size, resize, resized_shape, train_transforms
-from models.coco_dataset import CocoDetection, detections_to_coco, resolve_split
-from models.synthetic_data import SHAPES, SyntheticSpec, generate_image, write_synthetic_coco
+from models.data.augmentation import collate, crop, eval_transforms, hflip, recipe_for_size, resize, train_transforms
+from models.data.coco import CocoDetection, detections_to_coco, resolve_split
+from models.data.synthetic import SHAPES, SyntheticSpec, generate_image, write_synthetic_coco
+from models.processing.sizes import resized_shape
 
 SMALL = SyntheticSpec(image_size=(48, 64), classes=("circle", "square", "triangle", "ring"), max_objects=4)
 
@@ -54,8 +55,9 @@ def test_synthetic_boxes_enclose_the_drawn_shape(index):
     spec = SyntheticSpec(image_size=(64, 64), classes=SHAPES, max_objects=1, min_objects=1)
     image, objects = generate_image(spec, 11, "val", index)
     (obj,) = objects
-    from models.synthetic_data import _SUPERSAMPLE, _draw_shape
     from PIL import ImageDraw
+
+    from models.data.synthetic import _SUPERSAMPLE, _draw_shape
 
     canvas = Image.new("RGB", (64 * _SUPERSAMPLE, 64 * _SUPERSAMPLE))
     _draw_shape(ImageDraw.Draw(canvas), spec.classes[obj.label], obj.box, (255, 255, 255), _SUPERSAMPLE)

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 
 from models import DeformableDetrConfig, DeformableDetrForObjectDetection
-from models.demo import DEMO_SPEC
-from models.synthetic_data import write_synthetic_coco
-from test_cli_train import TINY
+from models.cli.demo import DEMO_SPEC
+from models.data.synthetic import write_synthetic_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +20,7 @@ WORKER = """
 import sys, json, torch, torch.distributed as dist
 torch.set_num_threads(1)
 from models import DeformableDetrConfig
-from models.training import TrainingArgs, train
+from models.engine.training import TrainingArgs, train
 config = DeformableDetrConfig(**json.loads(sys.argv[1]))
 args = TrainingArgs(data=sys.argv[2], out=sys.argv[3], epochs=1, max_steps_per_epoch=3, batch_size=2, eval_batch_size=2,
                     num_workers=0, image_size=48, max_size=48, progress=False, seed=5, lr=1e-3, lr_backbone=1e-3)
@@ -33,7 +32,7 @@ dist.destroy_process_group()
 """
 
 
-def test_two_gloo_processes_hold_identical_weights(tmp_path):
+def test_two_gloo_processes_hold_identical_weights(tiny_config, tmp_path):
     data = tmp_path / "data"
     write_synthetic_coco(data, {"train": 12, "val": 2}, DEMO_SPEC, seed=2)
     worker = tmp_path / "worker.py"
@@ -42,7 +41,7 @@ def test_two_gloo_processes_hold_identical_weights(tmp_path):
     weights.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-               json.dumps(TINY), str(data), str(tmp_path / "run"), str(weights)]
+               json.dumps(tiny_config), str(data), str(tmp_path / "run"), str(weights)]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "of 2 backend gloo step 3" in done.stdout
@@ -54,7 +53,7 @@ def test_two_gloo_processes_hold_identical_weights(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
 
     # the processes did train: the weights moved away from the common initialisation
-    config = DeformableDetrConfig(**TINY).copy(num_labels=3, id2label={0: "circle", 1: "square", 2: "triangle"},
+    config = DeformableDetrConfig(**tiny_config).copy(num_labels=3, id2label={0: "circle", 1: "square", 2: "triangle"},
                                                 label2id={"circle": 0, "square": 1, "triangle": 2})
     torch.manual_seed(5)
     initial = DeformableDetrForObjectDetection(config).state_dict()

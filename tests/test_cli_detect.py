@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 
 from models import DeformableDetrConfig, DeformableDetrForObjectDetection
-from models.cli import main
-from models.demo import CHECKPOINT_DIR, DEMO_SPEC
-from models.synthetic_data import write_synthetic_coco
-from models.training import make_processor
-from test_cli_train import TINY
+from models.cli.demo import CHECKPOINT_DIR, DEMO_SPEC
+from models.cli.main import main
+from models.data.synthetic import write_synthetic_coco
+from models.engine.training import make_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,11 +29,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_config, tmp_path_factory):
     """A random tiny detector in the Hugging Face layout, with its preprocessor_config.json."""
     path = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    config = DeformableDetrConfig(**TINY, id2label={0: "circle", 1: "square", 2: "triangle"})
+    config = DeformableDetrConfig(**tiny_config, id2label={0: "circle", 1: "square", 2: "triangle"})
     DeformableDetrForObjectDetection(config).save_pretrained(path)
     make_processor(48, 64).save_pretrained(path)
     return path
@@ -86,7 +85,7 @@ def test_detect_writes_json_and_png(checkpoint, data, tmp_path):
     assert json.loads((tmp_path / "none" / f"{images[0].stem}.json").read_text())["detections"] == []
 
 
-def test_detect_names_bad_inputs(checkpoint, tmp_path, capsys):
+def test_detect_names_bad_inputs(tiny_config, checkpoint, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     assert main(["detect", str(broken), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
@@ -102,12 +101,12 @@ def test_detect_names_bad_inputs(checkpoint, tmp_path, capsys):
     wrong.mkdir()
     for name in ("model.safetensors", "preprocessor_config.json"):
         (wrong / name).write_bytes((checkpoint / name).read_bytes())
-    DeformableDetrConfig(**{**TINY, "d_model": 64}, num_labels=3).to_json_file(wrong / "config.json")
+    DeformableDetrConfig(**{**tiny_config, "d_model": 64}, num_labels=3).to_json_file(wrong / "config.json")
     assert main(["detect", str(good), "--checkpoint", str(wrong)]) == 2
     assert "wrong" in capsys.readouterr().err
 
 
-def test_eval_runs_a_checkpoint(checkpoint, data, tmp_path, capsys):
+def test_eval_runs_a_checkpoint(tiny_config, checkpoint, data, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -117,7 +116,7 @@ def test_eval_runs_a_checkpoint(checkpoint, data, tmp_path, capsys):
     assert {d["category_id"] for d in detections} <= {1, 2, 3}
     # a model with another number of classes than the dataset is refused
     other = tmp_path / "other"
-    DeformableDetrForObjectDetection(DeformableDetrConfig(**TINY, num_labels=5)).save_pretrained(other)
+    DeformableDetrForObjectDetection(DeformableDetrConfig(**tiny_config, num_labels=5)).save_pretrained(other)
     assert main(["eval", "--data", str(data), "--checkpoint", str(other)]) == 2
     assert "5 classes" in capsys.readouterr().err
 

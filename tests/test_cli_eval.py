@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from models.cli import main
-from models.evaluation import METRIC_NAMES, coco_metrics
-from models.synthetic_data import SyntheticSpec, write_synthetic_coco
+from models.cli.main import main
+from models.data.synthetic import SyntheticSpec, write_synthetic_coco
+from models.engine.evaluation import METRIC_NAMES, coco_metrics
 
 SPEC = SyntheticSpec(image_size=(120, 160), classes=("circle", "square", "triangle"), category_ids=(2, 5, 9), max_objects=4)
 

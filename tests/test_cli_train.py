@@ -9,15 +9,11 @@ import pytest
 import torch
 
 from models import DeformableDetrConfig, DeformableDetrForObjectDetection
-from models.augmentation import collate, eval_transforms
-from models.coco_dataset import CocoDetection, resolve_split
-from models.demo import DEMO_MODEL_CONFIG, DEMO_SPEC
-from models.synthetic_data import write_synthetic_coco
-from models.training import STATE_FILE, TrainingArgs, atomic_torch_save, build_param_groups, load_training_state, train
-
-TINY = {**DEMO_MODEL_CONFIG, "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 8,
-        "two_stage_num_proposals": 8, "encoder_n_points": 2, "decoder_n_points": 2}
+from models.cli.demo import DEMO_SPEC
+from models.data.augmentation import collate, eval_transforms
+from models.data.coco import CocoDetection, resolve_split
+from models.data.synthetic import write_synthetic_coco
+from models.engine.training import STATE_FILE, TrainingArgs, atomic_torch_save, build_param_groups, load_training_state, train
 
 
 @pytest.fixture(autouse=True)
@@ -55,9 +51,9 @@ def _loss(model, batch):
         return float(model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=labels).loss)
 
 
-def test_short_training_lowers_the_loss(data, tmp_path):
+def test_short_training_lowers_the_loss(tiny_config, data, tmp_path):
     batch = _fixed_batch(data)
-    config = DeformableDetrConfig(**TINY)
+    config = DeformableDetrConfig(**tiny_config)
     torch.manual_seed(3)  # train() builds its model after seeding with args.seed: the same initial weights
     initial = DeformableDetrForObjectDetection(config.copy(num_labels=3, id2label={0: "circle", 1: "square", 2: "triangle"},
                                                            label2id={"circle": 0, "square": 1, "triangle": 2}))
@@ -74,8 +70,8 @@ def test_short_training_lowers_the_loss(data, tmp_path):
     assert (tmp_path / "run" / "model" / "preprocessor_config.json").is_file()
 
 
-def test_resume_continues_with_the_same_state(data, tmp_path):
-    config = DeformableDetrConfig(**TINY)
+def test_resume_continues_with_the_same_state(tiny_config, data, tmp_path):
+    config = DeformableDetrConfig(**tiny_config)
     common = dict(max_steps_per_epoch=2, multiscale=True, flip=True)
     train(_args(data, tmp_path / "straight", epochs=2, **common), config)
     train(_args(data, tmp_path / "split", epochs=1, **common), config)
@@ -94,8 +90,8 @@ def test_resume_continues_with_the_same_state(data, tmp_path):
     assert [json.loads(l)["step"] for l in lines] == [2, 4]
 
 
-def test_resume_rejects_another_config_and_missing_files(data, tmp_path):
-    config = DeformableDetrConfig(**TINY)
+def test_resume_rejects_another_config_and_missing_files(tiny_config, data, tmp_path):
+    config = DeformableDetrConfig(**tiny_config)
     train(_args(data, tmp_path / "run", max_steps_per_epoch=1, eval_every=5), config)
     other = config.copy(d_model=64)
     with pytest.raises(ValueError, match=r"training_state.pt.*differs.*d_model"):
@@ -123,8 +119,8 @@ def test_interrupted_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]
 
 
-def test_param_groups_follow_the_recipe():
-    model = DeformableDetrForObjectDetection(DeformableDetrConfig(**TINY, num_labels=3))
+def test_param_groups_follow_the_recipe(tiny_config):
+    model = DeformableDetrForObjectDetection(DeformableDetrConfig(**tiny_config, num_labels=3))
     groups = {g["name"]: g for g in build_param_groups(model, 2e-4, 2e-5, 0.1)}
     assert groups["main"]["lr"] == 2e-4 and groups["backbone"]["lr"] == 2e-5 and groups["linear_proj"]["lr"] == pytest.approx(2e-5)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -142,7 +138,7 @@ def test_training_args_are_checked(field, value):
 
 
 def test_train_command_builds_the_run_from_flags(data, tmp_path, capsys):
-    from models.cli import main
+    from models.cli.main import main
 
     out = tmp_path / "cli"
     flags = ["--d-model", "32", "--enc-layers", "1", "--dec-layers", "1", "--heads", "2", "--ffn-dim", "32",

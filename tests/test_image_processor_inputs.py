@@ -12,10 +12,10 @@ import PIL.Image
 import pytest
 import torch
 
-from models.feature_extraction import DeformableDetrFeatureExtractor
-from models.image_processing import DeformableDetrImageProcessor
-from models.image_processing_fast import DeformableDetrImageProcessorFast
-from models.processing_sizes import output_size
+from models.processing.feature_extraction import DeformableDetrFeatureExtractor
+from models.processing.image_processing import DeformableDetrImageProcessor
+from models.processing.image_processing_fast import DeformableDetrImageProcessorFast
+from models.processing.sizes import output_size
 
 PROCESSORS = [DeformableDetrImageProcessor, DeformableDetrImageProcessorFast]
 SMALL = {"shortest_edge": 40, "longest_edge": 64}
@@ -364,7 +364,7 @@ def test_loads_transformers_configs(cls, tmp_path):
 def test_processors_do_not_import_the_op():
     code = (
         "import sys, models; models.DeformableDetrImageProcessorFast; models.DeformableDetrFeatureExtractor; "
-        "import models.image_processing; "
+        "import models.processing.image_processing; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('msda', 'detr_blocks', 'transformers')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -20,8 +20,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import DeformableDetrImageProcessor as HFSlow  # noqa: E402
 from transformers import DeformableDetrImageProcessorFast as HFFast  # noqa: E402
 
-from models.image_processing import DeformableDetrImageProcessor  # noqa: E402
-from models.image_processing_fast import DeformableDetrImageProcessorFast  # noqa: E402
+from models.processing.image_processing import DeformableDetrImageProcessor  # noqa: E402
+from models.processing.image_processing_fast import DeformableDetrImageProcessorFast  # noqa: E402
 
 torch.set_num_threads(1)
 SMALL = {"shortest_edge": 160, "longest_edge": 250}
@@ -330,7 +330,7 @@ def test_output_size_matches_reference_rounding():
     from transformers.image_processing_utils_fast import get_image_size_for_max_height_width
     from transformers.models.deformable_detr.image_processing_deformable_detr import get_size_with_aspect_ratio
 
-    from models.processing_sizes import output_size
+    from models.processing.sizes import output_size
 
     rng = np.random.default_rng(0)
     for _ in range(2000):

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import DeformableDetrImageProcessor as HFSlow  # noqa: E402
 
 from models import DeformableDetrImageProcessor, DeformableDetrImageProcessorFast  # noqa: E402
-from models.processing_postprocess import post_process_object_detection  # noqa: E402
+from models.processing.postprocess import post_process_object_detection  # noqa: E402
 
 
 def random_outputs(batch: int, queries: int, classes: int, seed: int = 0) -> types.SimpleNamespace:

@@ -9,7 +9,8 @@ import torch
 
 import models
 from models import DeformableDetrForObjectDetection
-from models.checkpoints import convert_original_state_dict, read_state_dict
+from models.common.checkpoint_files import read_state_dict
+from models.ddetr.checkpoints import convert_original_state_dict
 
 SMALL = dict(
     backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,

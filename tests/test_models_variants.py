@@ -6,7 +6,7 @@ from torch import nn
 
 import models
 from models import DeformableDetrConfig, DeformableDetrForObjectDetection
-from models.backbone import build_backbone_body
+from models.backbones import build_backbone_body
 
 SMALL = dict(
     backbone="resnet18", d_model=64, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,

@@ -3,7 +3,7 @@
 The demo detector is small enough to train on a CPU: a ResNet-18 cut after its second stage
 (stride 8, random initialisation: nothing is downloaded), two feature levels, a 64-wide transformer
 with two encoder and two decoder layers, 20 queries, iterative box refinement and two-stage
-proposals. ``models/demo_checkpoint/`` holds one trained by ``deformable-detr train --preset demo``
+proposals. ``models/cli/demo_checkpoint/`` holds one trained by ``deformable-detr train --preset demo``
 (the exact commands are in ``docs/cli.md``); :func:`run_demo` evaluates it on freshly generated
 held-out images, or trains a new one first with ``train=True``.
 """
@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Any
 
-from models.synthetic_data import SyntheticSpec
+from models.cli.detect import detect_images
+from models.cli.errors import CliError
+from models.cli.loading import load_detector, resolve_device
+from models.data.coco import CocoDetection
+from models.data.synthetic import SyntheticSpec, write_synthetic_coco
+from models.ddetr.config import DeformableDetrConfig
+from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.training import MODEL_DIR, TrainingArgs, train
 
 DEMO_SPEC = SyntheticSpec(
     image_size=(64, 64),
@@ -33,7 +40,7 @@ DEMO_TEST_SPLIT = "test"
 DEMO_TEST_IMAGES = 100
 """The demo scores the detector on a ``test`` split that no training run ever reads."""
 
-DEMO_MODEL_CONFIG: Dict = {
+DEMO_MODEL_CONFIG: dict[str, Any] = {
     "backbone": "resnet18",
     "use_pretrained_backbone": False,
     "backbone_kwargs": {"out_indices": [2], "in_chans": 3},
@@ -55,7 +62,7 @@ DEMO_MODEL_CONFIG: Dict = {
 }
 """``DeformableDetrConfig`` fields of the demo detector (the rest keep their defaults)."""
 
-DEMO_TRAIN_ARGS: Dict = {
+DEMO_TRAIN_ARGS: dict[str, Any] = {
     "epochs": 30,
     "lr_drop": 24,
     "lr": 4e-4,
@@ -85,11 +92,6 @@ def run_demo(ns) -> int:
     ``ns`` carries the command's options (``out``, ``train``, ``checkpoint``, ``num_images``,
     ``test_images``, ``threshold``, ``epochs``, ``device``).
     """
-    from models.cli import CliError, _device, detect_images, load_detector
-    from models.coco_dataset import CocoDetection
-    from models.evaluation import coco_metrics, predict_dataset, write_metrics
-    from models.synthetic_data import write_synthetic_coco
-
     started = time.time()
     out = Path(ns.out)
     data_dir = out / "data"
@@ -105,9 +107,6 @@ def run_demo(ns) -> int:
     written = write_synthetic_coco(data_dir, splits, DEMO_SPEC, DEMO_DATA_SEED)
 
     if ns.train:
-        from models import DeformableDetrConfig
-        from models.training import MODEL_DIR, TrainingArgs, train
-
         values = dict(DEMO_TRAIN_ARGS)
         if ns.epochs is not None:
             values["epochs"] = ns.epochs
@@ -121,7 +120,7 @@ def run_demo(ns) -> int:
         if not (checkpoint / "config.json").is_file() and not checkpoint.is_file():
             raise CliError(f"no demo checkpoint at {str(checkpoint)!r}; run 'deformable-detr demo --train' to train one")
         print(f"[2/4] detector: {checkpoint}")
-    device = _device(ns.device)
+    device = resolve_device(ns.device)
     model, processor = load_detector(str(checkpoint), None, device)
 
     images_dir, ann_file = written[DEMO_TEST_SPLIT]

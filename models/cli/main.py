@@ -13,38 +13,27 @@ Run ``deformable-detr COMMAND --help`` for the options of each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
-VARIANTS = {
-    "deformable_detr": {},
-    "single_scale": {"num_feature_levels": 1},
-    "single_scale_dc5": {"num_feature_levels": 1, "dilation": True},
-    "box_refine": {"with_box_refine": True},
-    "two_stage": {"with_box_refine": True, "two_stage": True},
-}
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
 
-# command-line flag -> DeformableDetrConfig field
-_MODEL_FLAGS = {
-    "backbone": "backbone",
-    "pretrained_backbone": "use_pretrained_backbone",
-    "num_feature_levels": "num_feature_levels",
-    "d_model": "d_model",
-    "enc_layers": "encoder_layers",
-    "dec_layers": "decoder_layers",
-    "heads": None,  # both encoder and decoder heads
-    "ffn_dim": None,  # both encoder and decoder feed-forward widths
-    "n_points": None,  # both encoder and decoder points
-    "num_queries": None,  # queries and two-stage proposals
-    "with_box_refine": "with_box_refine",
-    "two_stage": "two_stage",
-    "dilation": "dilation",
-    "dropout": "dropout",
-    "aux_loss": "auxiliary_loss",
-}
+from models.cli.demo import DEMO_DATA_SEED, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS, run_demo
+from models.cli.detect import detect_images
+from models.cli.errors import CliError, read_json_file
+from models.cli.loading import load_detector, model_overrides, resolve_device
+from models.data.coco import CocoDetection, resolve_split
+from models.data.synthetic import SyntheticSpec, write_synthetic_coco
+from models.ddetr.config import DeformableDetrConfig
+from models.ddetr.variants import VARIANTS
+from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.training import TrainingArgs, train
 
 # command-line flag -> TrainingArgs field
 _TRAIN_FLAGS = (
@@ -53,10 +42,6 @@ _TRAIN_FLAGS = (
     "eval_every", "max_steps_per_epoch", "train_split", "val_split", "progress", "train_backbone_stem",
     "find_unused_parameters",
 )
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -204,170 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _set_threads(threads: Optional[int]) -> None:
+def _set_threads(threads: int | None) -> None:
     if threads is not None:
-        import torch
-
         if threads < 1:
             raise CliError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
-def _model_overrides(ns: argparse.Namespace) -> Dict:
-    """Config fields set by the model flags (only those given)."""
-    out: Dict = {}
-    if getattr(ns, "variant", None):
-        out.update(VARIANTS[ns.variant])
-    for flag, field in _MODEL_FLAGS.items():
-        value = getattr(ns, flag, None)
-        if value is None:
-            continue
-        if flag == "heads":
-            out["encoder_attention_heads"] = out["decoder_attention_heads"] = value
-        elif flag == "ffn_dim":
-            out["encoder_ffn_dim"] = out["decoder_ffn_dim"] = value
-        elif flag == "n_points":
-            out["encoder_n_points"] = out["decoder_n_points"] = value
-        elif flag == "num_queries":
-            out["num_queries"] = out["two_stage_num_proposals"] = value
-        else:
-            out[field] = value
-    if getattr(ns, "out_indices", None):
-        out["backbone_kwargs"] = {"out_indices": list(ns.out_indices), "in_chans": 3}
-    return out
-
-
-def _read_config_json(path: str) -> Dict:
-    file = Path(path)
-    if not file.is_file():
-        raise CliError(f"--config {path!r}: file not found")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise CliError(f"--config {path!r} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise CliError(f"--config {path!r} must hold a JSON object of DeformableDetrConfig fields")
-    return data
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CliError(f"--device {name!r}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def load_detector(path: str, ns: Optional[argparse.Namespace] = None, device: str = "cpu"):
-    """Load ``(model, processor)`` from any checkpoint the command line accepts.
-
-    ``path`` may be a Hugging Face-layout folder (``config.json`` + weights, optionally
-    ``preprocessor_config.json``), a training output folder (its ``model/``), a ``training_state.pt``,
-    or an original repository ``.pth`` (variant from its ``args``, or from ``--config``/model flags).
-    """
-    from models import DeformableDetrConfig, DeformableDetrForObjectDetection, DeformableDetrImageProcessor
-    from models.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
-
-    source = Path(path)
-    if not source.exists():
-        raise CliError(f"--checkpoint {path!r}: no such file or folder")
-    if source.is_dir() and not (source / "config.json").is_file():
-        if (source / MODEL_DIR / "config.json").is_file():
-            source = source / MODEL_DIR
-        elif (source / STATE_FILE).is_file():
-            source = source / STATE_FILE
-        else:
-            raise CliError(f"--checkpoint {path!r}: folder has no config.json, {MODEL_DIR}/config.json or {STATE_FILE}")
-
-    image_size = getattr(ns, "image_size", None) if ns is not None else None
-    max_size = getattr(ns, "max_size", None) if ns is not None else None
-    processor = None
-    try:
-        if source.is_dir():
-            model = DeformableDetrForObjectDetection.from_pretrained(source)
-            if (source / "preprocessor_config.json").is_file():
-                processor = DeformableDetrImageProcessor.from_pretrained(source)
-        elif source.name == STATE_FILE:
-            state = load_training_state(source)
-            config = DeformableDetrConfig.from_dict(state["config"]).copy(use_pretrained_backbone=False)
-            model = DeformableDetrForObjectDetection(config)
-            model.load_state_dict(state["model"])
-            model.eval()
-            train_args = state.get("train_args", {})
-            processor = make_processor(train_args.get("image_size", 800), train_args.get("max_size", 1333))
-        else:
-            config = None
-            overrides = _model_overrides(ns) if ns is not None else {}
-            if ns is not None and getattr(ns, "config", None):
-                config = DeformableDetrConfig.from_dict({**_read_config_json(ns.config), **overrides})
-            elif overrides:
-                config = DeformableDetrConfig(**overrides)
-            if config is not None:
-                from models import checkpoints
-
-                original, _ = checkpoints.read_original_checkpoint(source, trust_pickle=bool(getattr(ns, "trust_pickle", False)))
-                converted, _ = checkpoints.convert_original_state_dict(original)
-                config = config.copy(num_labels=checkpoints.original_num_labels(converted))
-            trust = bool(getattr(ns, "trust_pickle", False)) if ns is not None else False
-            model = DeformableDetrForObjectDetection.from_pretrained(source, config=config, trust_pickle=trust)
-    except CliError:
-        raise
-    except (ValueError, RuntimeError, KeyError, OSError) as err:
-        hint = ""
-        if source.is_file() and source.name != STATE_FILE:
-            hint = " (for an original .pth: give its variant with --config JSON or --variant and the model flags)"
-        raise CliError(f"--checkpoint {path!r}: cannot load it: {err}{hint}") from err
-
-    if processor is None or image_size is not None or max_size is not None:
-        base = processor.size if processor is not None else {"shortest_edge": 800, "longest_edge": 1333}
-        processor = make_processor(image_size or base.get("shortest_edge", 800), max_size or base.get("longest_edge", 1333))
-    model.to(_device(device) if isinstance(device, str) else device)
-    model.eval()
-    return model, processor
-
-
-def _open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    file = Path(path)
-    if not file.is_file():
-        raise CliError(f"image {path!r}: file not found")
-    try:
-        with Image.open(file) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise CliError(f"image {path!r} cannot be read: {err}") from err
-
-
-def detect_images(model, processor, paths: Sequence[str], out: Path, threshold: float, top_k: int, device, batch_size: int = 4) -> List[Path]:
-    """Run the detector on image files, writing one PNG and one JSON per image into ``out``."""
-    from tqdm.auto import tqdm
-
-    from models.detection_io import detection_record, unique_stems, write_detection_files
-    from models.evaluation import predict_images
-
-    if not 0.0 <= threshold <= 1.0:
-        raise CliError(f"--threshold must be in [0, 1], got {threshold}")
-    if top_k < 1:
-        raise CliError(f"--top-k must be >= 1, got {top_k}")
-    images = [_open_image(p) for p in paths]  # check every file before any work
-    stems = unique_stems(paths)
-    id2label = getattr(model.config, "id2label", None)
-    written: List[Path] = []
-    for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=len(images) <= batch_size, dynamic_ncols=True):
-        chunk = images[start : start + batch_size]
-        results = predict_images(model, processor, chunk, threshold=threshold, top_k=top_k, device=device)
-        for k, (image, result) in enumerate(zip(chunk, results)):
-            record = detection_record(str(paths[start + k]), image.size[0], image.size[1], result, id2label)
-            written.extend(write_detection_files(out, stems[start + k], image, record))
-    return written
-
-
 # -------------------------------------------------------------------------------------- commands
 def cmd_detect(ns: argparse.Namespace) -> int:
-    device = _device(ns.device)
+    device = resolve_device(ns.device)
     model, processor = load_detector(ns.checkpoint, ns, device)
     out = Path(ns.out)
     written = detect_images(model, processor, ns.images, out, ns.threshold, ns.top_k, device)
@@ -377,9 +208,6 @@ def cmd_detect(ns: argparse.Namespace) -> int:
 
 def build_train_setup(ns: argparse.Namespace):
     """(TrainingArgs, DeformableDetrConfig) from the train command's flags and preset."""
-    from models import DeformableDetrConfig
-    from models.demo import DEMO_MODEL_CONFIG, DEMO_TRAIN_ARGS
-    from models.training import TrainingArgs
 
     train_values = dict(DEMO_TRAIN_ARGS) if ns.preset == "demo" else {}
     for name in _TRAIN_FLAGS:
@@ -393,12 +221,12 @@ def build_train_setup(ns: argparse.Namespace):
         raise CliError(str(err)) from err
 
     if ns.config:
-        base = _read_config_json(ns.config)
+        base = read_json_file(ns.config, "--config", dict, "a JSON object of DeformableDetrConfig fields")
     elif ns.preset == "demo":
         base = dict(DEMO_MODEL_CONFIG)
     else:
         base = {"use_pretrained_backbone": False}
-    base.update(_model_overrides(ns))
+    base.update(model_overrides(ns))
     base.setdefault("use_pretrained_backbone", False)
     try:
         config = DeformableDetrConfig.from_dict(base)
@@ -408,11 +236,10 @@ def build_train_setup(ns: argparse.Namespace):
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from models.training import train
 
     _set_threads(ns.threads)
     args, config = build_train_setup(ns)
-    if ns.resume and not ns.config and not _model_overrides(ns):
+    if ns.resume and not ns.config and not model_overrides(ns):
         config = None  # no model flags on the command line: continue with the checkpoint's own model
     started = time.time()
     try:
@@ -420,8 +247,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if result.get("rank", 0) == 0:
@@ -434,8 +259,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from models.coco_dataset import CocoDetection, resolve_split
-    from models.evaluation import coco_metrics, predict_dataset, write_metrics
 
     if (ns.checkpoint is None) == (ns.predictions is None):
         raise CliError("eval needs exactly one of --checkpoint and --predictions")
@@ -447,16 +270,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
     if ns.predictions:
+        detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")
         try:
-            detections = load_coco_json_list(ns.predictions)
             metrics, summary = coco_metrics(dataset.coco, detections)
         except ValueError as err:
             raise CliError(str(err)) from err
         extra["predictions"] = ns.predictions
     else:
-        from tqdm.auto import tqdm
-
-        device = _device(ns.device)
+        device = resolve_device(ns.device)
         model, processor = load_detector(ns.checkpoint, ns, device)
         if model.config.num_labels != dataset.num_classes:
             raise CliError(
@@ -478,24 +299,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
-def load_coco_json_list(path: str) -> list:
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--predictions {path!r}: file not found")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--predictions {path!r} is not valid JSON: {err}") from err
-    if not isinstance(data, list):
-        raise ValueError(f"--predictions {path!r} must hold a JSON list of COCO result records")
-    return data
-
-
 def cmd_make_data(ns: argparse.Namespace) -> int:
-    import dataclasses
-
-    from models.demo import DEMO_DATA_SEED, DEMO_SPEC, DEMO_SPLITS
-    from models.synthetic_data import SyntheticSpec, write_synthetic_coco
 
     spec = DEMO_SPEC if ns.preset == "demo" else SyntheticSpec()
     changes = {}
@@ -525,7 +329,6 @@ def cmd_make_data(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from models.demo import run_demo
 
     _set_threads(ns.threads)
     return run_demo(ns)
@@ -534,7 +337,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "make-data": cmd_make_data}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``deformable-detr``; returns the exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Every random transform takes an explicit ``random.Random``; the training dataset seeds one per
 (seed, epoch, index), so augmentation is reproducible and unaffected by data-loader workers or by
-resuming. Targets are the dicts of :class:`models.coco_dataset.CocoDetection` (``boxes`` in pixels,
+resuming. Targets are the dicts of :class:`models.data.coco.CocoDetection` (``boxes`` in pixels,
 x0, y0, x1, y1); :class:`ToNormalizedTensor` turns them into the model's labels (``boxes`` as
 normalized cx, cy, w, h).
 
@@ -15,10 +15,13 @@ scales the same recipe to smaller images (the embedded demo trains at 128 pixels
 from __future__ import annotations
 
 import random
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
+
+from detr_blocks.box_ops import box_xyxy_to_cxcywh
+from models.processing.sizes import resized_shape
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,28 +31,10 @@ PAPER_MAX_SIZE = 1333
 PAPER_CROP_RESIZE = (400, 500, 600)
 PAPER_CROP_RANGE = (384, 600)
 
-Target = Dict[str, torch.Tensor]
+Target = dict[str, torch.Tensor]
 
 
-def resized_shape(width: int, height: int, size: int, max_size: Optional[int] = None) -> Tuple[int, int]:
-    """(new_width, new_height) with the short side ``size``, shrunk so the long side stays <= ``max_size``."""
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
-    if max_size is not None and max_size < size:
-        raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
-    short, long = min(width, height), max(width, height)
-    exact_short = float(size)  # the long side follows the unrounded short side, so it never passes max_size
-    if max_size is not None and long / short * size > max_size:
-        exact_short = max_size * short / long
-        size = int(round(exact_short))
-    if short == size:
-        return width, height
-    if width < height:
-        return size, int(exact_short * height / width)
-    return int(exact_short * width / height), size
-
-
-def resize(image: Image.Image, target: Target, size: int, max_size: Optional[int] = None) -> Tuple[Image.Image, Target]:
+def resize(image: Image.Image, target: Target, size: int, max_size: int | None = None) -> tuple[Image.Image, Target]:
     """Resize so the short side is ``size`` (long side <= ``max_size``), scaling boxes and areas."""
     width, height = image.size
     new_w, new_h = resized_shape(width, height, size, max_size)
@@ -64,7 +49,7 @@ def resize(image: Image.Image, target: Target, size: int, max_size: Optional[int
     return image, target
 
 
-def hflip(image: Image.Image, target: Target) -> Tuple[Image.Image, Target]:
+def hflip(image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
     width = image.size[0]
     target = dict(target)
     boxes = target["boxes"]
@@ -72,7 +57,7 @@ def hflip(image: Image.Image, target: Target) -> Tuple[Image.Image, Target]:
     return image.transpose(Image.FLIP_LEFT_RIGHT), target
 
 
-def crop(image: Image.Image, target: Target, top: int, left: int, height: int, width: int) -> Tuple[Image.Image, Target]:
+def crop(image: Image.Image, target: Target, top: int, left: int, height: int, width: int) -> tuple[Image.Image, Target]:
     """Crop a region; boxes are clipped to it and boxes left with no area are removed."""
     image = image.crop((left, top, left + width, top + height))
     target = dict(target)
@@ -112,7 +97,7 @@ class RandomHorizontalFlip:
 class RandomResize:
     """Resize the short side to a size drawn from ``sizes``."""
 
-    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None) -> None:
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
         if not sizes or any(int(s) <= 0 for s in sizes):
             raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes}")
         self.sizes = [int(s) for s in sizes]
@@ -158,22 +143,18 @@ class ToNormalizedTensor:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def __call__(self, image, target, rng: Optional[random.Random] = None):
+    def __call__(self, image, target, rng: random.Random | None = None):
         width, height = image.size
         data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
         pixels = (data.permute(2, 0, 1).float() / 255.0 - self.mean) / self.std
         target = dict(target)
         boxes = target["boxes"]
-        cxcywh = torch.stack(
-            [(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]],
-            dim=1,
-        )
-        target["boxes"] = cxcywh / torch.tensor([width, height, width, height], dtype=torch.float32)
+        target["boxes"] = box_xyxy_to_cxcywh(boxes.reshape(-1, 4)) / torch.tensor([width, height, width, height], dtype=torch.float32)
         target["size"] = torch.tensor([height, width], dtype=torch.int64)
         return pixels, target
 
 
-def recipe_for_size(size: int, max_size: Optional[int] = None) -> Dict:
+def recipe_for_size(size: int, max_size: int | None = None) -> dict:
     """The paper's augmentation sizes scaled from an 800-pixel short side to ``size``.
 
     Returns keyword arguments for :func:`train_transforms`.
@@ -192,13 +173,13 @@ def train_transforms(
     scales: Sequence[int] = PAPER_SCALES,
     max_size: int = PAPER_MAX_SIZE,
     crop_resize: Sequence[int] = PAPER_CROP_RESIZE,
-    crop_range: Tuple[int, int] = PAPER_CROP_RANGE,
+    crop_range: tuple[int, int] = PAPER_CROP_RANGE,
     flip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Compose:
     """The training pipeline of the paper (defaults) or its scaled version; call as ``t(image, target, rng)``."""
-    steps: List[Callable] = [RandomHorizontalFlip()] if flip else []
+    steps: list[Callable] = [RandomHorizontalFlip()] if flip else []
     steps.append(
         RandomSelect(
             RandomResize(scales, max_size),
@@ -216,7 +197,7 @@ def eval_transforms(
     return Compose([RandomResize([size], max_size), ToNormalizedTensor(mean, std)])
 
 
-def collate(batch: Sequence[Tuple[torch.Tensor, Target]]) -> Dict:
+def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> dict:
     """Pad a list of ``(pixels [3, H_i, W_i], target)`` into a batch.
 
     Returns ``{"pixel_values": [B, 3, H, W], "pixel_mask": int64 [B, H, W] (1 = real pixel),

@@ -19,8 +19,8 @@ with ``iscrowd=1`` only when ``keep_crowd=True`` (training skips them, like the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -29,7 +29,7 @@ BOX_TOLERANCE = 1.0
 """Pixels a box may extend past the image border (rounding in real datasets) before it is an error."""
 
 
-def resolve_split(data_dir: str | Path, split: str) -> Tuple[Path, Path]:
+def resolve_split(data_dir: str | Path, split: str) -> tuple[Path, Path]:
     """Find the images folder and annotations file of ``split`` under ``data_dir``.
 
     Looks for, in order: ``images/{split}/`` + ``annotations/{split}.json`` (the synthetic layout),
@@ -50,7 +50,7 @@ def resolve_split(data_dir: str | Path, split: str) -> Tuple[Path, Path]:
     raise FileNotFoundError(f"no {split!r} split found in {str(root)!r}; looked for: {tried}")
 
 
-def load_coco_json(path: str | Path) -> Dict:
+def load_coco_json(path: str | Path) -> dict:
     """Read and structurally check a COCO annotations file; errors name the file and the problem."""
     path = Path(path)
     if not path.is_file():
@@ -83,7 +83,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self,
         images_dir: str | Path,
         annotations_file: str | Path,
-        transforms: Optional[Callable] = None,
+        transforms: Callable | None = None,
         keep_crowd: bool = False,
     ) -> None:
         self.images_dir = Path(images_dir)
@@ -105,13 +105,13 @@ class CocoDetection(torch.utils.data.Dataset):
             raise ValueError(f"{where}: category ids repeat: {sorted(ids)}")
         if not ids:
             raise ValueError(f"{where}: no categories")
-        self.category_ids: List[int] = sorted(ids)
+        self.category_ids: list[int] = sorted(ids)
         self._label_of_category = {cid: label for label, cid in enumerate(self.category_ids)}
         names = {cat["id"]: str(cat.get("name", cat["id"])) for cat in categories}
-        self.class_names: List[str] = [names[cid] for cid in self.category_ids]
+        self.class_names: list[str] = [names[cid] for cid in self.category_ids]
 
-        self.images: List[Dict] = []
-        by_id: Dict[int, Dict] = {}
+        self.images: list[dict] = []
+        by_id: dict[int, dict] = {}
         for img in self.coco["images"]:
             if not isinstance(img, dict) or not isinstance(img.get("id"), int) or not isinstance(img.get("file_name"), str):
                 raise ValueError(f"{where}: every image needs an integer 'id' and a 'file_name', got {img!r}")
@@ -120,7 +120,7 @@ class CocoDetection(torch.utils.data.Dataset):
             by_id[img["id"]] = img
             self.images.append(img)
 
-        self._annotations: Dict[int, List[Dict]] = {img["id"]: [] for img in self.images}
+        self._annotations: dict[int, list[dict]] = {img["id"]: [] for img in self.images}
         for ann in self.coco["annotations"]:
             if not isinstance(ann, dict):
                 raise ValueError(f"{where}: annotation is not an object: {ann!r}")
@@ -168,7 +168,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._label_of_category[category_id]
 
     @property
-    def id2label(self) -> Dict[int, str]:
+    def id2label(self) -> dict[int, str]:
         return {i: name for i, name in enumerate(self.class_names)}
 
     def image_path(self, index: int) -> Path:
@@ -193,7 +193,7 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return image
 
-    def target(self, index: int, size: Optional[Tuple[int, int]] = None) -> Dict:
+    def target(self, index: int, size: tuple[int, int] | None = None) -> dict:
         """The target dict of image ``index`` (see the module docstring); ``size`` = (width, height) for clipping."""
         info = self.images[index]
         if size is None:
@@ -233,8 +233,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def detections_to_coco(
-    dataset: CocoDetection, image_ids: Sequence[int], results: Sequence[Dict[str, torch.Tensor]]
-) -> List[Dict]:
+    dataset: CocoDetection, image_ids: Sequence[int], results: Sequence[dict[str, torch.Tensor]]
+) -> list[dict]:
     """Turn post-processed detections into COCO result records.
 
     Args:

@@ -3,9 +3,9 @@
 Everything is deterministic from a seed: image ``i`` of split ``s`` is drawn from its own random
 generator seeded with ``(seed, s, i)``, so a split can be regenerated (or extended) without touching
 the others. The generator writes real PNG files and a real COCO annotations JSON, so the same loader
-(:mod:`models.coco_dataset`) serves it and real datasets alike.
+(:mod:`models.data.coco`) serves it and real datasets alike.
 
-Layout written by :func:`write_synthetic_coco` (the layout :func:`models.coco_dataset.resolve_split`
+Layout written by :func:`write_synthetic_coco` (the layout :func:`models.data.coco.resolve_split`
 looks for first)::
 
     DIR/images/train/000000.png ...
@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond")
 """Every shape the generator can draw; a dataset uses a subset of them as its classes."""
 
 _SUPERSAMPLE = 3  # shapes are drawn at this multiple of the final size, then box-filtered down
@@ -45,9 +45,9 @@ class SyntheticSpec:
         max_iou: largest IoU allowed between two boxes of the same image (overlaps stay partial).
     """
 
-    image_size: Tuple[int, int] = (128, 128)
-    classes: Tuple[str, ...] = ("circle", "square", "triangle")
-    category_ids: Optional[Tuple[int, ...]] = None
+    image_size: tuple[int, int] = (128, 128)
+    classes: tuple[str, ...] = ("circle", "square", "triangle")
+    category_ids: tuple[int, ...] | None = None
     min_objects: int = 1
     max_objects: int = 4
     min_size: float = 0.15
@@ -83,7 +83,7 @@ class SyntheticSpec:
             raise ValueError(f"max_iou must be in [0, 1), got {self.max_iou}")
 
     @property
-    def ids(self) -> Tuple[int, ...]:
+    def ids(self) -> tuple[int, ...]:
         """COCO category id of each class."""
         return tuple(int(c) for c in self.category_ids) if self.category_ids is not None else tuple(
             range(1, len(self.classes) + 1)
@@ -95,8 +95,8 @@ class SyntheticObject:
     """One drawn shape: its class index (into ``spec.classes``) and box (x, y, w, h) in pixels."""
 
     label: int
-    box: Tuple[float, float, float, float]
-    colour: Tuple[int, int, int] = field(default=(0, 0, 0))
+    box: tuple[float, float, float, float]
+    colour: tuple[int, int, int] = field(default=(0, 0, 0))
 
 
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -141,7 +141,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _shape_colour(rng: np.random.Generator, background_mean: np.ndarray) -> Tuple[int, int, int]:
+def _shape_colour(rng: np.random.Generator, background_mean: np.ndarray) -> tuple[int, int, int]:
     """A saturated colour that stands out from the background's mean colour."""
     for _ in range(20):
         hue = rng.uniform(0, 6)
@@ -188,7 +188,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Sequence[float], col
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def generate_image(spec: SyntheticSpec, seed: int, split: str, index: int) -> Tuple[Image.Image, List[SyntheticObject]]:
+def generate_image(spec: SyntheticSpec, seed: int, split: str, index: int) -> tuple[Image.Image, list[SyntheticObject]]:
     """Draw image ``index`` of ``split``: an RGB PIL image and its objects, from (seed, split, index) alone."""
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
@@ -199,7 +199,7 @@ def generate_image(spec: SyntheticSpec, seed: int, split: str, index: int) -> Tu
     mean = background.reshape(-1, 3).mean(0)
 
     count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
-    objects: List[SyntheticObject] = []
+    objects: list[SyntheticObject] = []
     for _ in range(count):
         for _attempt in range(50):
             side = rng.uniform(spec.min_size, spec.max_size) * short
@@ -226,12 +226,12 @@ def generate_image(spec: SyntheticSpec, seed: int, split: str, index: int) -> Tu
     return image, objects
 
 
-def synthetic_coco_dict(spec: SyntheticSpec, seed: int, split: str, num_images: int) -> Dict:
+def synthetic_coco_dict(spec: SyntheticSpec, seed: int, split: str, num_images: int) -> dict:
     """The COCO annotations dict of a split (draws the images to know their objects, writes nothing)."""
     return _make_split(spec, seed, split, num_images, images_dir=None)
 
 
-def _make_split(spec: SyntheticSpec, seed: int, split: str, num_images: int, images_dir: Optional[Path]) -> Dict:
+def _make_split(spec: SyntheticSpec, seed: int, split: str, num_images: int, images_dir: Path | None) -> dict:
     if num_images < 0:
         raise ValueError(f"num_images for split {split!r} must be >= 0, got {num_images}")
     height, width = spec.image_size
@@ -262,10 +262,10 @@ def _make_split(spec: SyntheticSpec, seed: int, split: str, num_images: int, ima
 
 def write_synthetic_coco(
     out_dir: str | Path,
-    splits: Dict[str, int] | None = None,
+    splits: dict[str, int] | None = None,
     spec: SyntheticSpec | None = None,
     seed: int = 0,
-) -> Dict[str, Tuple[Path, Path]]:
+) -> dict[str, tuple[Path, Path]]:
     """Write the synthetic dataset to ``out_dir`` in COCO format.
 
     Args:

@@ -13,9 +13,10 @@ import json
 import os
 from typing import Any
 
+from detr_blocks.activation import ACTIVATIONS
+
 MODEL_TYPE = "deformable_detr"
 
-ACTIVATIONS = ("relu", "gelu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh", "tanh", "sigmoid")
 POSITION_EMBEDDINGS = ("sine", "learned")
 
 # Keys of the Hugging Face base config that describe text generation or other tasks; they are
@@ -34,6 +35,14 @@ _IGNORED_BASE_KEYS = frozenset(
         "typical_p", "use_bfloat16", "output_attentions", "output_hidden_states", "return_dict",
     }
 )
+
+
+def default_backbone_kwargs(dilation: bool, num_feature_levels: int, num_channels: int) -> dict[str, Any]:
+    """The timm ``backbone_kwargs`` that ``transformers`` fills in when none are given."""
+    kwargs: dict[str, Any] = {"output_stride": 16} if dilation else {}
+    kwargs["out_indices"] = [2, 3, 4] if num_feature_levels > 1 else [4]
+    kwargs["in_chans"] = num_channels
+    return kwargs
 
 
 class DeformableDetrConfig:
@@ -138,11 +147,7 @@ class DeformableDetrConfig:
             backbone_config = backbone_config.to_dict()
         if use_timm_backbone and backbone_kwargs is None:
             # what transformers fills in, so both libraries read the same dict
-            backbone_kwargs = {}
-            if dilation:
-                backbone_kwargs["output_stride"] = 16
-            backbone_kwargs["out_indices"] = [2, 3, 4] if num_feature_levels > 1 else [4]
-            backbone_kwargs["in_chans"] = num_channels
+            backbone_kwargs = default_backbone_kwargs(dilation, num_feature_levels, num_channels)
         self.use_timm_backbone = use_timm_backbone
         self.backbone_config = copy.deepcopy(backbone_config)
         self.num_channels = num_channels
@@ -229,10 +234,7 @@ class DeformableDetrConfig:
             self._set_labels(value, None, None)
 
     def _default_backbone_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"output_stride": 16} if self.dilation else {}
-        kwargs["out_indices"] = [2, 3, 4] if self.num_feature_levels > 1 else [4]
-        kwargs["in_chans"] = self.num_channels
-        return kwargs
+        return default_backbone_kwargs(self.dilation, self.num_feature_levels, self.num_channels)
 
     @property
     def hidden_size(self) -> int:

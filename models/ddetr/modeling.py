@@ -17,17 +17,19 @@ from torch import nn
 
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer
+from detr_blocks.functional import refine_boxes
 from detr_blocks.losses import SetCriterion
 from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
-from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, select_top_proposals
-from detr_blocks.functional import refine_boxes
-from detr_blocks.valid_ratio import valid_ratios as compute_valid_ratios
-from models import checkpoints
-from models.backbone import BackboneWithPositions, ConvEncoder, build_backbone_body
-from models.config import DeformableDetrConfig
-from models.outputs import DeformableDetrModelOutput, DeformableDetrObjectDetectionOutput
+from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
+from models.common import checkpoint_files
+from models.common.deformable_transformer import DeformableTransformerModel
+from models.common.multi_scale import input_projections
+from models.ddetr import checkpoints
+from models.ddetr.config import DeformableDetrConfig
+from models.ddetr.outputs import DeformableDetrModelOutput, DeformableDetrObjectDetectionOutput
+from models.ddetr.query_selection import LearnedQueries, TwoStageProposals
 from msda import MultiScaleDeformableAttention
 
 
@@ -36,31 +38,6 @@ def _check_config(config: Any) -> DeformableDetrConfig:
         raise TypeError(f"config must be a models.DeformableDetrConfig, got {type(config).__name__}")
     config.validate()
     return config
-
-
-def _check_pixels(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, num_channels: int) -> torch.Tensor:
-    """Validate inputs; return the pixel mask (1 = real pixel), all ones when None."""
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != num_channels:
-        raise ValueError(f"pixel_values must be a [B, {num_channels}, H, W] tensor, got {tuple(getattr(pixel_values, 'shape', ()))}")
-    batch, _, height, width = pixel_values.shape
-    if pixel_mask is None:
-        return torch.ones((batch, height, width), dtype=torch.long, device=pixel_values.device)
-    if not isinstance(pixel_mask, torch.Tensor) or tuple(pixel_mask.shape) != (batch, height, width):
-        raise ValueError(f"pixel_mask must be a [B={batch}, H={height}, W={width}] tensor (1 = real pixel, 0 = padding), got {tuple(getattr(pixel_mask, 'shape', ()))}")
-    return pixel_mask
-
-
-def _input_projections(config: DeformableDetrConfig, channels: list[int]) -> nn.ModuleList:
-    """1x1 conv + GroupNorm per backbone level; 3x3 stride-2 conv + GroupNorm per extra level."""
-    projections = [nn.Sequential(nn.Conv2d(width, config.d_model, kernel_size=1), nn.GroupNorm(32, config.d_model)) for width in channels]
-    in_channels = channels[-1]
-    for _ in range(config.num_feature_levels - len(channels)):
-        projections.append(nn.Sequential(nn.Conv2d(in_channels, config.d_model, kernel_size=3, stride=2, padding=1), nn.GroupNorm(32, config.d_model)))
-        in_channels = config.d_model
-    for projection in projections:
-        nn.init.xavier_uniform_(projection[0].weight, gain=1)
-        nn.init.constant_(projection[0].bias, 0)
-    return nn.ModuleList(projections)
 
 
 def _deformable_attention(config: DeformableDetrConfig, num_heads: int, num_points: int) -> MultiScaleDeformableAttention:
@@ -110,14 +87,27 @@ def _xavier_linears(module: nn.Module) -> None:
                 nn.init.zeros_(linear.bias)
 
 
-class DeformableDetrModel(nn.Module):
-    """Backbone + deformable transformer, without detection heads.
+def _backbone(config: DeformableDetrConfig) -> BackboneWithPositions:
+    if config.position_embedding_type == "sine":
+        position_embedding: nn.Module = SinePositionEmbedding(config.d_model // 2, normalize=True)
+    else:
+        position_embedding = LearnedPositionEmbedding(config.d_model // 2)
+    return BackboneWithPositions(ConvEncoder(build_backbone_body(config)), position_embedding)
+
+
+class DeformableDetrModel(DeformableTransformerModel):
+    """Backbone + deformable transformer, without detection heads, built from a config.
+
+    The steps (``multi_scale_features`` → ``encode`` → ``select_queries`` → ``decode``) are those
+    of ``models.common.deformable_transformer.DeformableTransformerModel``; the query selection is
+    ``LearnedQueries`` or, with ``two_stage``, ``TwoStageProposals``.
 
     Args:
         config: the ``DeformableDetrConfig``.
         bbox_embed: the box heads the decoder uses for iterative refinement (and two-stage
             proposals); given by ``DeformableDetrForObjectDetection``. None: no refinement.
         class_embed: the class heads (two-stage uses the last one to score proposals).
+        query_selection: another query selection module (default from the config).
 
     Submodules (Hugging Face names): ``backbone`` (``conv_encoder.model``, ``position_embedding``),
     ``input_proj``, ``level_embed``, ``query_position_embeddings`` (one-stage),
@@ -125,147 +115,40 @@ class DeformableDetrModel(nn.Module):
     ``enc_output_norm``, ``pos_trans``, ``pos_trans_norm`` (two-stage).
     """
 
-    def __init__(self, config: DeformableDetrConfig, bbox_embed: nn.ModuleList | None = None, class_embed: nn.ModuleList | None = None) -> None:
-        super().__init__()
-        self.config = _check_config(config)
+    def __init__(
+        self,
+        config: DeformableDetrConfig,
+        bbox_embed: nn.ModuleList | None = None,
+        class_embed: nn.ModuleList | None = None,
+        *,
+        query_selection: nn.Module | None = None,
+    ) -> None:
+        config = _check_config(config)
         if config.two_stage and (bbox_embed is None or class_embed is None or len(bbox_embed) <= config.decoder_layers):
             raise ValueError(f"two_stage needs bbox_embed and class_embed with decoder_layers + 1 = {config.decoder_layers + 1} heads (the last scores proposals)")
-        if config.position_embedding_type == "sine":
-            position_embedding: nn.Module = SinePositionEmbedding(config.d_model // 2, normalize=True)
-        else:
-            position_embedding = LearnedPositionEmbedding(config.d_model // 2)
-        conv_encoder = ConvEncoder(build_backbone_body(config))
-        self.backbone = BackboneWithPositions(conv_encoder, position_embedding)
-        self.input_proj = _input_projections(config, conv_encoder.intermediate_channel_sizes)
-        if not config.two_stage:
-            self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model * 2)
-        self.encoder = _encoder(config)
-        self.decoder = DeformableDecoder(_decoder_layers(config), bbox_embed=bbox_embed, class_embed=class_embed if config.two_stage else None)
-        self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
-        nn.init.normal_(self.level_embed)
-        if config.two_stage:
-            self.enc_output = nn.Linear(config.d_model, config.d_model)
-            self.enc_output_norm = nn.LayerNorm(config.d_model)
-            self.pos_trans = nn.Linear(config.d_model * 2, config.d_model * 2)
-            self.pos_trans_norm = nn.LayerNorm(config.d_model * 2)
-        else:
-            self.reference_points = nn.Linear(config.d_model, 2)
-            nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
-            nn.init.zeros_(self.reference_points.bias)
+        backbone = _backbone(config)
+        if query_selection is None:
+            if config.two_stage:
+                query_selection = TwoStageProposals(config.two_stage_num_proposals, config.d_model)
+            else:
+                query_selection = LearnedQueries(config.num_queries, config.d_model)
+        encoder = _encoder(config)
+        decoder = DeformableDecoder(_decoder_layers(config), bbox_embed=bbox_embed, class_embed=class_embed if config.two_stage else None)
+        level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
+        nn.init.normal_(level_embed)
+        super().__init__(
+            backbone=backbone,
+            input_proj=input_projections(backbone.conv_encoder.intermediate_channel_sizes, config.d_model, config.num_feature_levels),
+            level_embed=level_embed,
+            encoder=encoder,
+            query_selection=query_selection,
+            decoder=decoder,
+            num_channels=config.num_channels,
+            output_class=DeformableDetrModelOutput,
+        )
+        self.config = config
         _xavier_linears(self.encoder)
         _xavier_linears(self.decoder.layers)
-
-    # ----------------------------------------------------------------------------- backbone
-    def freeze_backbone(self) -> None:
-        """Stop training every backbone parameter."""
-        for parameter in self.backbone.conv_encoder.model.parameters():
-            parameter.requires_grad_(False)
-
-    def unfreeze_backbone(self) -> None:
-        """Train every backbone parameter (including the stem and layer1, frozen by default)."""
-        for parameter in self.backbone.conv_encoder.model.parameters():
-            parameter.requires_grad_(True)
-
-    # ------------------------------------------------------------------------------ forward
-    def _multi_scale_inputs(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor):
-        """Backbone, projections and the extra strided levels: per level (source, padding mask, position)."""
-        features, positions = self.backbone(pixel_values, pixel_mask)
-        sources = [projection(feature) for projection, (feature, _) in zip(self.input_proj, features)]
-        padding = [~mask for _, mask in features]
-        positions = list(positions)
-        for level in range(len(features), self.config.num_feature_levels):
-            source = self.input_proj[level](features[-1][0] if level == len(features) else sources[-1])
-            mask = nn.functional.interpolate(pixel_mask[None].to(pixel_values.dtype), size=source.shape[-2:]).to(torch.bool)[0]
-            sources.append(source)
-            padding.append(~mask)
-            positions.append(self.backbone.position_embedding(~mask, dtype=source.dtype))
-        return sources, padding, positions
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
-    ) -> DeformableDetrModelOutput:
-        """Args:
-            pixel_values: ``[B, C, H, W]`` normalized images (padded to one size).
-            pixel_mask: ``[B, H, W]``, 1 on real pixels and 0 on padding; None = no padding.
-            output_hidden_states: also return every encoder and decoder layer's input/output.
-            output_attentions: not supported (the fused attention does not materialise weights).
-            return_dict: accepted for compatibility; the output is always a
-                ``DeformableDetrModelOutput`` (use ``.to_tuple()`` for a tuple).
-
-        Returns:
-            ``DeformableDetrModelOutput`` (see its fields).
-        """
-        if output_attentions:
-            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
-        pixel_mask = _check_pixels(pixel_values, pixel_mask, self.config.num_channels)
-        sources, padding, positions = self._multi_scale_inputs(pixel_values, pixel_mask)
-
-        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
-        source_flatten = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
-        padding_flatten = torch.cat([mask.flatten(1) for mask in padding], 1)
-        position_flatten = torch.cat(
-            [position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1) for level, position in enumerate(positions)], 1
-        )
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=source_flatten.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        ratios = torch.stack([compute_valid_ratios(mask, dtype=source_flatten.dtype) for mask in padding], 1)
-
-        encoded = self.encoder(
-            source_flatten,
-            spatial_shapes,
-            level_start_index,
-            ratios,
-            position_flatten,
-            padding_flatten,
-            output_hidden_states=output_hidden_states,
-            spatial_shapes_list=spatial_shapes_list,
-        )
-        memory = encoded.last_hidden_state
-        batch, width = memory.shape[0], self.config.d_model
-
-        enc_outputs_class = enc_outputs_coord_logits = None
-        if self.config.two_stage:
-            masked, proposals = encoder_output_proposals(memory, padding_flatten, spatial_shapes_list)
-            object_queries = self.enc_output_norm(self.enc_output(masked))
-            enc_outputs_class = self.decoder.class_embed[-1](object_queries)
-            enc_outputs_coord_logits = self.decoder.bbox_embed[-1](object_queries) + proposals
-            top_logits, _ = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.config.two_stage_num_proposals)
-            reference_points = top_logits.sigmoid()
-            embedded = proposal_position_embedding(top_logits, width // 2)
-            query_position, target = self.pos_trans_norm(self.pos_trans(embedded)).split(width, dim=2)
-        else:
-            query_position, target = self.query_position_embeddings.weight.split(width, dim=1)
-            query_position = query_position.unsqueeze(0).expand(batch, -1, -1)
-            target = target.unsqueeze(0).expand(batch, -1, -1)
-            reference_points = self.reference_points(query_position).sigmoid()
-
-        decoded = self.decoder(
-            target,
-            reference_points,
-            memory,
-            spatial_shapes,
-            level_start_index,
-            ratios,
-            query_position,
-            padding_flatten,
-            output_hidden_states=output_hidden_states,
-        )
-        return DeformableDetrModelOutput(
-            init_reference_points=reference_points,
-            last_hidden_state=decoded.last_hidden_state,
-            intermediate_hidden_states=decoded.intermediate_hidden_states,
-            intermediate_reference_points=decoded.intermediate_reference_points,
-            decoder_hidden_states=decoded.hidden_states,
-            encoder_last_hidden_state=memory,
-            encoder_hidden_states=encoded.hidden_states,
-            enc_outputs_class=enc_outputs_class,
-            enc_outputs_coord_logits=enc_outputs_coord_logits,
-        )
 
 
 def _box_head(config: DeformableDetrConfig) -> MLP:
@@ -355,20 +238,7 @@ class DeformableDetrForObjectDetection(nn.Module):
         if labels is not None:
             loss, loss_dict, auxiliary_outputs = self.compute_loss(classes, boxes, labels, outputs)
         return DeformableDetrObjectDetectionOutput(
-            loss=loss,
-            loss_dict=loss_dict,
-            logits=logits,
-            pred_boxes=pred_boxes,
-            auxiliary_outputs=auxiliary_outputs,
-            init_reference_points=outputs.init_reference_points,
-            last_hidden_state=outputs.last_hidden_state,
-            intermediate_hidden_states=outputs.intermediate_hidden_states,
-            intermediate_reference_points=outputs.intermediate_reference_points,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            enc_outputs_class=outputs.enc_outputs_class,
-            enc_outputs_coord_logits=outputs.enc_outputs_coord_logits,
+            loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes, auxiliary_outputs=auxiliary_outputs, **outputs.all_fields()
         )
 
     # ------------------------------------------------------------------------------- loss
@@ -440,12 +310,12 @@ class DeformableDetrForObjectDetection(nn.Module):
         if os.path.isdir(path):
             if config is None:
                 config = DeformableDetrConfig.from_pretrained(path)
-            state_dict = checkpoints.read_state_dict(path)
+            state_dict = checkpoint_files.read_state_dict(path)
             if config.backbone_config is not None:  # transformers' own ResNet: its names → torchvision's
                 state_dict = checkpoints.backbone_keys_from_transformers(state_dict)
             unmapped: list[str] = []
         elif os.path.isfile(path):
-            original, args = checkpoints.read_original_checkpoint(path, trust_pickle=trust_pickle)
+            original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
             state_dict, unmapped = checkpoints.convert_original_state_dict(original)
             if config is None:
                 if args is None:
@@ -460,8 +330,13 @@ class DeformableDetrForObjectDetection(nn.Module):
         model = cls(build_config)
         model.config = config
         model.model.config = config
-        report = checkpoints.load_state_dict_into(
-            model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, strict=strict, unmapped_keys=unmapped
+        report = checkpoint_files.load_state_dict_into(
+            model,
+            state_dict,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            strict=strict,
+            unmapped_keys=unmapped,
+            key_alias=checkpoints.hf_decoder_alias,
         )
         model.eval()
         return (model, report) if output_loading_info else model
@@ -476,6 +351,6 @@ class DeformableDetrForObjectDetection(nn.Module):
         # the file holds the backbone weights: loading it (here or in transformers) must not
         # go looking for ImageNet ones
         data["use_pretrained_backbone"] = False
-        DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoints.CONFIG_NAME))
+        DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
         rename = checkpoints.backbone_keys_to_transformers if self.config.backbone_config is not None else None
-        checkpoints.write_state_dict(self, directory, safe_serialization=safe_serialization, rename=rename)
+        checkpoint_files.write_state_dict(self, directory, safe_serialization=safe_serialization, rename=rename)

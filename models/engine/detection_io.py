@@ -5,8 +5,8 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -24,8 +24,8 @@ def detection_record(
     width: int,
     height: int,
     result: Mapping[str, torch.Tensor],
-    id2label: Optional[Mapping[int, str]] = None,
-) -> Dict:
+    id2label: Mapping[int, str] | None = None,
+) -> dict:
     """The JSON record of one image's detections.
 
     Args:
@@ -102,7 +102,7 @@ def unique_stems(paths: Sequence[str | os.PathLike]) -> list:
             parent = Path(path).resolve().parent.name
             stem = f"{parent}_{stem}"
         result.append(stem)
-    seen: Dict[str, int] = {}
+    seen: dict[str, int] = {}
     final = []
     for stem in result:
         n = seen.get(stem, 0)

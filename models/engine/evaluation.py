@@ -12,17 +12,19 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+
+from models.data.coco import detections_to_coco, load_coco_json
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of ``COCOeval.stats[0..11]`` in order."""
 
 
-def _coco_from_dict(data: Dict):
+def _coco_from_dict(data: dict):
     from pycocotools.coco import COCO
 
     coco = COCO()
@@ -32,7 +34,7 @@ def _coco_from_dict(data: Dict):
     return coco
 
 
-def check_detections(detections: Sequence[Dict], image_ids: Iterable[int], category_ids: Iterable[int], source: str = "detections") -> None:
+def check_detections(detections: Sequence[dict], image_ids: Iterable[int], category_ids: Iterable[int], source: str = "detections") -> None:
     """Raise ``ValueError`` naming ``source`` when a record is malformed or names an unknown image or category."""
     images, categories = set(image_ids), set(category_ids)
     if not isinstance(detections, (list, tuple)):
@@ -52,7 +54,7 @@ def check_detections(detections: Sequence[Dict], image_ids: Iterable[int], categ
             raise ValueError(f"{source}: record {k} names category_id {det['category_id']!r}, which is not in the ground truth")
 
 
-def coco_metrics(ground_truth: Dict | str | os.PathLike, detections: Sequence[Dict]) -> Tuple[Dict[str, float], str]:
+def coco_metrics(ground_truth: dict | str | os.PathLike, detections: Sequence[dict]) -> tuple[dict[str, float], str]:
     """Evaluate box detections against COCO ground truth with ``pycocotools``.
 
     Args:
@@ -66,7 +68,6 @@ def coco_metrics(ground_truth: Dict | str | os.PathLike, detections: Sequence[Di
     from pycocotools.cocoeval import COCOeval
 
     if not isinstance(ground_truth, dict):
-        from models.coco_dataset import load_coco_json
 
         ground_truth = load_coco_json(ground_truth)
     # pycocotools needs these keys even for box-only evaluation
@@ -93,7 +94,7 @@ def coco_metrics(ground_truth: Dict | str | os.PathLike, detections: Sequence[Di
     return metrics, summary.getvalue()
 
 
-def write_metrics(path: str | os.PathLike, metrics: Dict, extra: Optional[Dict] = None) -> None:
+def write_metrics(path: str | os.PathLike, metrics: dict, extra: dict | None = None) -> None:
     """Write ``metrics`` (plus ``extra`` keys) as JSON to ``path`` atomically."""
     data = dict(metrics)
     if extra:
@@ -113,8 +114,8 @@ def predict_images(
     threshold: float = 0.0,
     top_k: int = 100,
     device: torch.device | str = "cpu",
-    autocast_dtype: Optional[torch.dtype] = None,
-) -> List[Dict[str, torch.Tensor]]:
+    autocast_dtype: torch.dtype | None = None,
+) -> list[dict[str, torch.Tensor]]:
     """Run ``model`` on a batch of PIL images, returning per image ``{"scores", "labels", "boxes"}``.
 
     The processor resizes, normalizes and pads (``processor(images=..., return_tensors="pt")``) and
@@ -141,17 +142,16 @@ def predict_dataset(
     model: torch.nn.Module,
     processor,
     dataset,
-    indices: Optional[Sequence[int]] = None,
+    indices: Sequence[int] | None = None,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
-    autocast_dtype: Optional[torch.dtype] = None,
-    progress: Optional[Callable[[Iterable], Iterable]] = None,
-) -> List[Dict]:
-    """Detections of ``model`` on ``dataset`` (a :class:`models.coco_dataset.CocoDetection`) as COCO records.
+    autocast_dtype: torch.dtype | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> list[dict]:
+    """Detections of ``model`` on ``dataset`` (a :class:`models.data.coco.CocoDetection`) as COCO records.
 
     ``indices`` restricts it to some images (each process of a distributed run takes its share).
     """
-    from models.coco_dataset import detections_to_coco
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -161,7 +161,7 @@ def predict_dataset(
         batches = progress(batches)
     was_training = model.training
     model.eval()
-    records: List[Dict] = []
+    records: list[dict] = []
     try:
         for batch in batches:
             images = [dataset.load_image(i) for i in batch]

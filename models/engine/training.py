@@ -25,17 +25,22 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
 
-from models.augmentation import collate, recipe_for_size, train_transforms
-from models.coco_dataset import CocoDetection, resolve_split
+from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
+from models.data.coco import CocoDetection, resolve_split
+from models.ddetr.config import DeformableDetrConfig
+from models.ddetr.modeling import DeformableDetrForObjectDetection
+from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.processing.image_processing import DeformableDetrImageProcessor
 
 STATE_FILE = "training_state.pt"
 MODEL_DIR = "model"
@@ -72,9 +77,9 @@ class TrainingArgs:
     multiscale: bool = True
     amp: str = "auto"
     device: str = "auto"
-    resume: Optional[str] = None
+    resume: str | None = None
     eval_every: int = 1
-    max_steps_per_epoch: Optional[int] = None
+    max_steps_per_epoch: int | None = None
     train_split: str = "train"
     val_split: str = "val"
     progress: bool = True
@@ -144,7 +149,7 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def _all_mean(values: Dict[str, float], info: DistInfo) -> Dict[str, float]:
+def _all_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     if not info.enabled or not values:
         return values
     keys = sorted(values)
@@ -160,7 +165,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_autocast(amp: str, device: torch.device) -> Optional[torch.dtype]:
+def resolve_autocast(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` on ``device`` (None = full precision)."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
@@ -178,7 +183,7 @@ def build_param_groups(
     lr_linear_proj_mult: float,
     linear_proj_names: Sequence[str] = LINEAR_PROJ_NAMES,
     backbone_names: Sequence[str] = BACKBONE_NAMES,
-) -> List[Dict]:
+) -> list[dict]:
     """The optimizer groups of the recipe: transformer/heads at ``lr``, backbone at ``lr_backbone``,
     sampling-offset and reference-point projections at ``lr * lr_linear_proj_mult``.
 
@@ -234,7 +239,6 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 def make_processor(image_size: int, max_size: int):
     """The image processor whose resizing matches training at ``image_size`` (long side <= ``max_size``)."""
-    from models import DeformableDetrImageProcessor
 
     return DeformableDetrImageProcessor(size={"shortest_edge": int(image_size), "longest_edge": int(max_size)})
 
@@ -255,14 +259,14 @@ def export_model(model: torch.nn.Module, processor, directory: Path) -> None:
         shutil.rmtree(old)
 
 
-def _rng_state() -> Dict:
+def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: Dict) -> None:
+def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -270,7 +274,7 @@ def _set_rng_state(state: Dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_training_state(path: str | os.PathLike) -> Dict:
+def load_training_state(path: str | os.PathLike) -> dict:
     """Read a ``training_state.pt`` (``path`` may also be the run's output folder)."""
     path = Path(path)
     if path.is_dir():
@@ -287,7 +291,7 @@ def load_training_state(path: str | os.PathLike) -> Dict:
     return state
 
 
-def _config_difference(a: Dict, b: Dict) -> List[str]:
+def _config_difference(a: dict, b: dict) -> list[str]:
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
@@ -302,22 +306,19 @@ def evaluate(
     processor,
     info: DistInfo,
     batch_size: int = 4,
-    autocast_dtype: Optional[torch.dtype] = None,
+    autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> Tuple[Optional[Dict[str, float]], Optional[str], Optional[List[Dict]]]:
+) -> tuple[dict[str, float] | None, str | None, list[dict] | None]:
     """COCO metrics of ``model`` on ``dataset``; every process predicts its share, rank 0 scores.
 
     Returns (metrics, summary text, detections) on rank 0 and (None, None, None) elsewhere.
     """
-    from tqdm.auto import tqdm
-
-    from models.evaluation import coco_metrics, predict_dataset
 
     indices = list(range(info.rank, len(dataset), info.world_size))
     bar = (lambda it: tqdm(it, desc="eval", leave=False, dynamic_ncols=True)) if (progress and info.is_main) else None
     records = predict_dataset(_unwrap(model), processor, dataset, indices, batch_size, info.device, autocast_dtype, bar)
     if info.enabled:
-        gathered: List[Optional[List[Dict]]] = [None] * info.world_size
+        gathered: list[list[dict] | None] = [None] * info.world_size
         dist.all_gather_object(gathered, records)
         records = [r for part in gathered for r in part]
     if not info.is_main:
@@ -328,13 +329,11 @@ def evaluate(
 
 def _log(info: DistInfo, message: str) -> None:
     if info.is_main:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message)
+            tqdm.write(message)
 
 
 # ------------------------------------------------------------------------------------------ train
-def train(args: TrainingArgs, config=None) -> Dict:
+def train(args: TrainingArgs, config=None) -> dict:
     """Train (or resume) a ``DeformableDetrForObjectDetection`` as described by ``args`` and ``config``.
 
     Args:
@@ -347,9 +346,6 @@ def train(args: TrainingArgs, config=None) -> Dict:
         ``{"epoch", "step", "metrics", "out", "rank", "model"}``: the last COCO metrics (rank 0 only,
         else None), the output folder, this process's rank and its trained model.
     """
-    from tqdm.auto import tqdm
-
-    from models import DeformableDetrConfig, DeformableDetrForObjectDetection
 
     args.validate()
     info = init_distributed(args.device)
@@ -425,7 +421,6 @@ def train(args: TrainingArgs, config=None) -> Dict:
     if args.multiscale:
         transforms = train_transforms(**recipe_for_size(args.image_size, args.max_size), flip=args.flip)
     else:
-        from models.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor
 
         steps = ([RandomHorizontalFlip()] if args.flip else []) + [RandomResize([args.image_size], args.max_size), ToNormalizedTensor()]
         transforms = Compose(steps)
@@ -456,13 +451,13 @@ def train(args: TrainingArgs, config=None) -> Dict:
         seed_everything(args.seed + info.rank)  # dropout differs per process, data order comes from the sampler
 
     params = [p for p in model.parameters() if p.requires_grad]
-    metrics: Optional[Dict[str, float]] = None
+    metrics: dict[str, float] | None = None
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         net.train()
         started = time.time()
-        sums: Dict[str, float] = {}
+        sums: dict[str, float] = {}
         count = 0
         total = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
         bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not (args.progress and info.is_main), dynamic_ncols=True)
@@ -526,7 +521,6 @@ def train(args: TrainingArgs, config=None) -> Dict:
             with open(out / METRICS_LINES, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line) + "\n")
             if metrics is not None:
-                from models.evaluation import write_metrics
 
                 write_metrics(out / "metrics.json", metrics, {"epoch": epoch + 1, "step": step, "split": args.val_split})
             shown = f"epoch {epoch + 1}/{args.epochs} step {step} loss {averages.get('loss', float('nan')):.4f} lr {lr_now:.2e}"

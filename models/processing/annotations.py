@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import pathlib
 import warnings
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = np.ndarray | torch.Tensor
 Target = dict[str, Any]
 
 SUPPORTED_FORMATS = ("coco_detection", "coco_panoptic")
@@ -48,7 +49,7 @@ def _is_number(value: Any) -> bool:
 
 def check_annotations(
     annotations: Any, format: str, num_images: int, return_segmentation_masks: bool
-) -> Optional[list[Mapping[str, Any]]]:
+) -> list[Mapping[str, Any]] | None:
     """Check the structure of COCO annotations (one dict per image) and return them as a list."""
     if annotations is None:
         return None
@@ -205,7 +206,7 @@ def read_panoptic_png(path: pathlib.Path, image_size: tuple[int, int]) -> np.nda
 def prepare_coco_panoptic(
     target: Mapping[str, Any],
     image_size: tuple[int, int],
-    masks_path: Union[str, pathlib.Path],
+    masks_path: str | pathlib.Path,
     return_masks: bool = True,
 ) -> Target:
     """Turn one image's COCO panoptic annotation (+ its PNG under ``masks_path``) into a target."""
@@ -237,8 +238,8 @@ def prepare_target(
     target: Mapping[str, Any],
     format: str,
     image_size: tuple[int, int],
-    return_segmentation_masks: Optional[bool],
-    masks_path: Optional[Union[str, pathlib.Path]],
+    return_segmentation_masks: bool | None,
+    masks_path: str | pathlib.Path | None,
 ) -> Target:
     """Dispatch to the detection or panoptic preparation (masks default: off for detection, on for panoptic)."""
     if format == "coco_detection":
@@ -284,13 +285,22 @@ def resize_target(
     return new_target
 
 
+# The processors keep their own box conversions (numpy and torch) instead of ``detr_blocks.box_ops``:
+# importing ``detr_blocks`` would load the op, and the processors must stay light.
+def _stack(parts: list[Array], like: Array) -> Array:
+    return torch.stack(parts, dim=-1) if isinstance(like, torch.Tensor) else np.stack(parts, axis=-1)
+
+
 def corners_to_center(boxes: Array) -> Array:
     """``(x0, y0, x1, y1)`` -> ``(cx, cy, w, h)`` for boxes ``[..., 4]`` (numpy or torch)."""
     x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
-    parts = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0]
-    if isinstance(boxes, torch.Tensor):
-        return torch.stack(parts, dim=-1)
-    return np.stack(parts, axis=-1)
+    return _stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], boxes)
+
+
+def center_to_corners(boxes: Array) -> Array:
+    """``(cx, cy, w, h)`` -> ``(x0, y0, x1, y1)`` for boxes ``[..., 4]`` (numpy or torch)."""
+    cx, cy, w, h = (boxes[..., i] for i in range(4))
+    return _stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], boxes)
 
 
 def normalize_target_boxes(target: Target, image_size: tuple[int, int]) -> Target:
@@ -327,6 +337,6 @@ def pad_target(
     return new_target
 
 
-def target_to_torch(target: Target, device: Optional[torch.device] = None) -> dict[str, torch.Tensor]:
+def target_to_torch(target: Target, device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """Numpy target -> torch tensors on ``device``."""
     return {key: torch.as_tensor(value).to(device) for key, value in target.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ def _check_same_shapes(values: list) -> None:
         )
 
 
-def _convert(value: Any, return_tensors: Optional[str]) -> Any:
+def _convert(value: Any, return_tensors: str | None) -> Any:
     if return_tensors == "pt":
         if isinstance(value, list) and value and all(isinstance(v, (np.ndarray, torch.Tensor)) for v in value):
             _check_same_shapes(value)
@@ -61,7 +61,7 @@ class BatchFeature(dict):
     same way entry by entry.
     """
 
-    def __init__(self, data: Optional[dict[str, Any]] = None, return_tensors: Optional[str] = None) -> None:
+    def __init__(self, data: dict[str, Any] | None = None, return_tensors: str | None = None) -> None:
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
         super().__init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from models.image_processing import DeformableDetrImageProcessor
+from models.processing.image_processing import DeformableDetrImageProcessor
 
 
 class DeformableDetrFeatureExtractor(DeformableDetrImageProcessor):

@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import pathlib
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 
-from models.processing_annotations import (
+from models.processing.annotations import (
     check_annotations,
     normalize_target_boxes,
     pad_target,
     prepare_target,
     resize_target,
 )
-from models.processing_batch import BatchFeature
-from models.processing_images import channel_layout, flatten_images, normalize_data_format, pil_to_array
-from models.processing_options import ImageProcessorOptions, ResolvedOptions
-from models.processing_sizes import output_size
+from models.processing.batch import BatchFeature
+from models.processing.images import channel_layout, flatten_images, normalize_data_format, pil_to_array
+from models.processing.options import ImageProcessorOptions, ResolvedOptions
+from models.processing.sizes import output_size
 
 _DATA_FORMATS = ("channels_first", "channels_last")
 
 
-def _to_hwc3(image: Any, input_data_format: Optional[str], index: int) -> np.ndarray:
+def _to_hwc3(image: Any, input_data_format: str | None, index: int) -> np.ndarray:
     """``[H, W, 3]`` numpy array of any accepted image (grayscale repeated to three channels)."""
     if isinstance(image, PIL.Image.Image):
         array = pil_to_array(image, index)
@@ -125,31 +126,31 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
     def preprocess(
         self,
         images: Any,
-        annotations: Optional[Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]] = None,
-        return_segmentation_masks: Optional[bool] = None,
-        masks_path: Optional[Union[str, pathlib.Path]] = None,
-        do_resize: Optional[bool] = None,
-        size: Optional[Any] = None,
-        resample: Optional[int] = None,
-        do_rescale: Optional[bool] = None,
-        rescale_factor: Optional[float] = None,
-        do_normalize: Optional[bool] = None,
-        do_convert_annotations: Optional[bool] = None,
-        image_mean: Optional[Union[float, Sequence[float]]] = None,
-        image_std: Optional[Union[float, Sequence[float]]] = None,
-        do_pad: Optional[bool] = None,
-        format: Optional[str] = None,
-        return_tensors: Optional[str] = None,
+        annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        return_segmentation_masks: bool | None = None,
+        masks_path: str | pathlib.Path | None = None,
+        do_resize: bool | None = None,
+        size: Any | None = None,
+        resample: int | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        do_convert_annotations: bool | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_pad: bool | None = None,
+        format: str | None = None,
+        return_tensors: str | None = None,
         data_format: str = "channels_first",
-        input_data_format: Optional[str] = None,
-        pad_size: Optional[Any] = None,
+        input_data_format: str | None = None,
+        pad_size: Any | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Prepare ``images`` (and their COCO ``annotations``) for the model.
 
         Returns a ``BatchFeature`` with ``pixel_values`` (``[B, 3, H, W]``, or ``[B, H, W, 3]`` for
         ``data_format="channels_last"``), ``pixel_mask`` int64 ``[B, H, W]`` when padding, and with
-        annotations ``labels``: one dict per image (see ``models.processing_annotations``). With
+        annotations ``labels``: one dict per image (see ``models.processing.annotations``). With
         ``return_tensors=None`` the values are lists of numpy arrays, ``"np"`` stacks them, ``"pt"`` gives
         torch tensors.
         """
@@ -233,7 +234,7 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
         return BatchFeature(data, return_tensors=return_tensors)
 
 
-def _padded_size(images: list[np.ndarray], pad_size: Optional[dict[str, int]]) -> tuple[int, int]:
+def _padded_size(images: list[np.ndarray], pad_size: dict[str, int] | None) -> tuple[int, int]:
     max_height = max(image.shape[0] for image in images)
     max_width = max(image.shape[1] for image in images)
     if pad_size is None:

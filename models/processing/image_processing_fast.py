@@ -9,7 +9,8 @@ float copy, pad copy and stack copy per image), and from running on the images' 
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -17,7 +18,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from models.processing_annotations import (
+from models.processing.annotations import (
     check_annotations,
     normalize_target_boxes,
     pad_target,
@@ -25,10 +26,10 @@ from models.processing_annotations import (
     resize_target,
     target_to_torch,
 )
-from models.processing_batch import BatchFeature
-from models.processing_images import channel_layout, flatten_images, normalize_data_format, pil_to_array
-from models.processing_options import ImageProcessorOptions, ResolvedOptions
-from models.processing_sizes import output_size
+from models.processing.batch import BatchFeature
+from models.processing.images import channel_layout, flatten_images, normalize_data_format, pil_to_array
+from models.processing.options import ImageProcessorOptions, ResolvedOptions
+from models.processing.sizes import output_size
 
 # PIL filter number -> torchvision mode (tensors support these three).
 _INTERPOLATION = {
@@ -38,7 +39,7 @@ _INTERPOLATION = {
 }
 
 
-def _to_chw(image: Any, input_data_format: Optional[str], index: int, device: Optional[torch.device]) -> torch.Tensor:
+def _to_chw(image: Any, input_data_format: str | None, index: int, device: torch.device | None) -> torch.Tensor:
     """``[C, H, W]`` tensor (C = 1 or 3, uint8 or floating) of any accepted image, on ``device``."""
     if isinstance(image, PIL.Image.Image):
         array = pil_to_array(image, index)
@@ -80,7 +81,7 @@ def _pad_masks(masks: torch.Tensor, padded_size: tuple[int, int]) -> torch.Tenso
     return out
 
 
-def _normalization(options: ResolvedOptions, device: torch.device) -> tuple[Optional[torch.Tensor], ...]:
+def _normalization(options: ResolvedOptions, device: torch.device) -> tuple[torch.Tensor | None, ...]:
     """Per-channel ``mean``, ``std`` (``[3, 1, 1]``) and a plain ``scale``, with rescaling folded into mean/std."""
     if options.do_normalize:
         mean = torch.tensor(options.image_mean, device=device)
@@ -106,25 +107,25 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
     def preprocess(
         self,
         images: Any,
-        annotations: Optional[Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]] = None,
-        return_segmentation_masks: Optional[bool] = None,
-        masks_path: Optional[Union[str, pathlib.Path]] = None,
-        do_resize: Optional[bool] = None,
-        size: Optional[Any] = None,
-        resample: Optional[int] = None,
-        do_rescale: Optional[bool] = None,
-        rescale_factor: Optional[float] = None,
-        do_normalize: Optional[bool] = None,
-        do_convert_annotations: Optional[bool] = None,
-        image_mean: Optional[Union[float, Sequence[float]]] = None,
-        image_std: Optional[Union[float, Sequence[float]]] = None,
-        do_pad: Optional[bool] = None,
-        format: Optional[str] = None,
-        return_tensors: Optional[str] = None,
+        annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        return_segmentation_masks: bool | None = None,
+        masks_path: str | pathlib.Path | None = None,
+        do_resize: bool | None = None,
+        size: Any | None = None,
+        resample: int | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        do_convert_annotations: bool | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_pad: bool | None = None,
+        format: str | None = None,
+        return_tensors: str | None = None,
         data_format: str = "channels_first",
-        input_data_format: Optional[str] = None,
-        pad_size: Optional[Any] = None,
-        device: Optional[Union[str, torch.device]] = None,
+        input_data_format: str | None = None,
+        pad_size: Any | None = None,
+        device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Prepare ``images`` (and their COCO ``annotations``) for the model.
@@ -236,7 +237,7 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
         return BatchFeature(data, return_tensors=None)
 
 
-def _padded_size(sizes: list[tuple[int, int]], pad_size: Optional[dict[str, int]]) -> tuple[int, int]:
+def _padded_size(sizes: list[tuple[int, int]], pad_size: dict[str, int] | None) -> tuple[int, int]:
     max_height = max(size[0] for size in sizes)
     max_width = max(size[1] for size in sizes)
     if pad_size is None:

@@ -9,7 +9,7 @@ counts are refused with an error: drop or composite the alpha channel first (``i
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
@@ -65,7 +65,7 @@ def flatten_images(images: Any) -> list:
     )
 
 
-def normalize_data_format(input_data_format: Optional[str]) -> Optional[ChannelLayout]:
+def normalize_data_format(input_data_format: str | None) -> ChannelLayout | None:
     """Map ``"channels_first"`` / ``"channels_last"`` / ``"none"`` (or ``None``: infer) to a layout."""
     if input_data_format is None:
         return None
@@ -77,7 +77,7 @@ def normalize_data_format(input_data_format: Optional[str]) -> Optional[ChannelL
     return _FORMAT_NAMES[name]
 
 
-def channel_layout(shape: tuple[int, ...], input_data_format: Optional[ChannelLayout], index: int) -> ChannelLayout:
+def channel_layout(shape: tuple[int, ...], input_data_format: ChannelLayout | None, index: int) -> ChannelLayout:
     """Where the channels of an image of ``shape`` are; checks the channel count and the spatial size.
 
     The channel axis is the given ``input_data_format`` or, when that is ``None``, the first axis if it has

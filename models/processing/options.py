@@ -13,14 +13,15 @@ import math
 import os
 import pathlib
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
-from models.processing_annotations import check_format
-from models.processing_postprocess import post_process_object_detection as _post_process_object_detection
-from models.processing_sizes import DEFAULT_SIZE, normalize_pad_size, normalize_size
+from models.processing.annotations import check_format
+from models.processing.postprocess import post_process_object_detection as _post_process_object_detection
+from models.processing.sizes import DEFAULT_SIZE, normalize_pad_size, normalize_size
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -63,10 +64,10 @@ class ResolvedOptions:
     image_std: tuple[float, float, float]
     do_convert_annotations: bool
     do_pad: bool
-    pad_size: Optional[dict[str, int]]
+    pad_size: dict[str, int] | None
 
 
-def _three_floats(value: Union[float, Sequence[float]], name: str) -> tuple[float, float, float]:
+def _three_floats(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value] * 3
     if not isinstance(value, (list, tuple)) or len(value) != 3:
@@ -95,16 +96,16 @@ class ImageProcessorOptions:
         self,
         format: str = "coco_detection",
         do_resize: bool = True,
-        size: Optional[Union[int, Sequence[int], Mapping[str, int]]] = None,
+        size: int | Sequence[int] | Mapping[str, int] | None = None,
         resample: int = BILINEAR,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
-        image_mean: Optional[Union[float, Sequence[float]]] = None,
-        image_std: Optional[Union[float, Sequence[float]]] = None,
-        do_convert_annotations: Optional[bool] = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_convert_annotations: bool | None = None,
         do_pad: bool = True,
-        pad_size: Optional[Union[Sequence[int], Mapping[str, int]]] = None,
+        pad_size: Sequence[int] | Mapping[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
         if "pad_and_return_pixel_mask" in kwargs:
@@ -197,12 +198,12 @@ class ImageProcessorOptions:
         self,
         outputs: Any,
         threshold: float = 0.5,
-        target_sizes: Optional[Union[torch.Tensor, Sequence[Sequence[float]]]] = None,
+        target_sizes: torch.Tensor | Sequence[Sequence[float]] | None = None,
         top_k: int = 100,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image from ``outputs.logits`` / ``outputs.pred_boxes``.
 
-        See ``models.processing_postprocess.post_process_object_detection``: sigmoid scores, top-k over
+        See ``models.processing.postprocess.post_process_object_detection``: sigmoid scores, top-k over
         queries x classes, boxes as ``(x0, y0, x1, y1)`` scaled to ``target_sizes`` (height, width),
         scores above ``threshold`` kept. Returns a list of ``{"scores", "labels", "boxes"}``.
         """
@@ -235,7 +236,7 @@ class ImageProcessorOptions:
             raise ValueError(f"config must be a dict, got {type(config).__name__}")
         return cls(**{**dict(config), **overrides})
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> str:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write ``preprocessor_config.json`` into ``save_directory``; returns the file path."""
         directory = pathlib.Path(save_directory)
         if directory.exists() and not directory.is_dir():
@@ -246,7 +247,7 @@ class ImageProcessorOptions:
         return str(path)
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike], **overrides: Any) -> "ImageProcessorOptions":
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ImageProcessorOptions":
         """Load from a local directory holding ``preprocessor_config.json`` (or that JSON file itself)."""
         file = pathlib.Path(path)
         if file.is_dir():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+from models.processing.annotations import center_to_corners
 
 
 def _field(outputs: Any, name: str) -> torch.Tensor:
@@ -15,7 +18,7 @@ def _field(outputs: Any, name: str) -> torch.Tensor:
 
 
 def _target_scale(
-    target_sizes: Union[torch.Tensor, Sequence[Sequence[float]]], batch_size: int, device: torch.device
+    target_sizes: torch.Tensor | Sequence[Sequence[float]], batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """``[B, 4]`` (w, h, w, h) scale factors from ``target_sizes`` (``[B, 2]`` as height, width)."""
     if isinstance(target_sizes, torch.Tensor):
@@ -41,7 +44,7 @@ def _target_scale(
 def post_process_object_detection(
     outputs: Any,
     threshold: float = 0.5,
-    target_sizes: Optional[Union[torch.Tensor, Sequence[Sequence[float]]]] = None,
+    target_sizes: torch.Tensor | Sequence[Sequence[float]] | None = None,
     top_k: int = 100,
 ) -> list[dict[str, torch.Tensor]]:
     """Turn ``outputs.logits`` ``[B, Q, C]`` and ``outputs.pred_boxes`` ``[B, Q, 4]`` into detections.
@@ -71,8 +74,7 @@ def post_process_object_detection(
     query_index = torch.div(flat_index, num_classes, rounding_mode="floor")
     labels = flat_index % num_classes
 
-    cx, cy, w, h = pred_boxes.unbind(-1)
-    corners = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    corners = center_to_corners(pred_boxes)
     boxes = torch.gather(corners, 1, query_index.unsqueeze(-1).expand(-1, -1, 4))
     if target_sizes is not None:
         boxes = boxes * _target_scale(target_sizes, batch_size, boxes.device)[:, None, :]

@@ -14,9 +14,9 @@ An int ``s`` means ``{"shortest_edge": s, "longest_edge": 1333}`` and a pair ``(
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
 
-SizeLike = Union[int, Sequence[int], Mapping[str, int]]
+SizeLike = int | Sequence[int] | Mapping[str, int]
 
 DEFAULT_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 DEFAULT_LONGEST_EDGE = 1333
@@ -70,20 +70,27 @@ def normalize_pad_size(pad_size: SizeLike | None) -> dict[str, int] | None:
     raise ValueError(f"pad_size must be a dict with 'height' and 'width' or a (height, width) pair, got {pad_size!r}")
 
 
-def _shortest_longest(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:
-    short_side, long_side = float(min(height, width)), float(max(height, width))
-    target_short = float(shortest)
-    capped = long_side / short_side * shortest > longest
-    if capped:
-        # The long side would overshoot: the short side becomes the (unrounded) value that puts the long
-        # side at `longest`; the rounding of each side follows the reference processors exactly.
-        target_short = longest * short_side / long_side
-        shortest = int(round(target_short))
-    if min(height, width) == shortest:
-        return height, width
+def resized_shape(width: int, height: int, size: int, max_size: int | None = None) -> tuple[int, int]:
+    """``(new_width, new_height)`` with the short side ``size``, shrunk so that the long side stays
+    <= ``max_size`` (the shortest/longest-edge rule of the reference processors, rounding included).
+
+    Training augmentation and the image processors both resize with this one function, so they
+    cannot drift apart.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    short, long = float(min(width, height)), float(max(width, height))
+    exact_short = float(size)  # the long side follows the unrounded short side, so it never passes max_size
+    if max_size is not None and long / short * size > max_size:
+        exact_short = max_size * short / long
+        size = int(round(exact_short))
+    if min(width, height) == size:
+        return width, height
     if width < height:
-        return int(target_short * height / width) if capped else int(shortest * height / width), shortest
-    return shortest, int(target_short * width / height) if capped else int(shortest * width / height)
+        return size, int(exact_short * height / width)
+    return int(exact_short * width / height), size
 
 
 def output_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
@@ -91,7 +98,7 @@ def output_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, 
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if "shortest_edge" in size:
-        new_height, new_width = _shortest_longest(height, width, size["shortest_edge"], size["longest_edge"])
+        new_width, new_height = resized_shape(width, height, size["shortest_edge"], size["longest_edge"])
     elif "max_height" in size:
         scale = min(size["max_height"] / height, size["max_width"] / width)
         new_height, new_width = int(height * scale), int(width * scale)

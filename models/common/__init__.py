@@ -1,0 +1,1 @@
+"""Machinery shared by the model families: checkpoint files, output containers."""

@@ -1,0 +1,199 @@
+"""The deformable transformer every family assembles: named, overridable steps over injected modules.
+
+    pixels ─ multi_scale_features ─ encode ─ select_queries ─ decode ─> the family's output
+
+A family builds the modules (backbone, projections, encoder, query selection, decoder) from its
+config and passes them in; a variant overrides one step or injects another module, and copies
+nothing. The query selection module's parameters are stored at the model's level in state dicts
+(``model.enc_output.weight``, not ``model.query_selection.enc_output.weight``), so checkpoints keep
+the layout of ``transformers`` and of the original code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from detr_blocks.decoder import DeformableDecoder, DeformableDecoderOutput
+from detr_blocks.encoder import DeformableEncoder, DeformableEncoderOutput
+from models.backbones import BackboneWithPositions
+from models.common.multi_scale import MultiScaleFeatures, check_pixels, multi_scale_features
+
+QUERY_SELECTION = "query_selection"
+
+
+class SelectedQueries(NamedTuple):
+    """What a query selection module returns (Q decoder queries).
+
+    target ``[B, Q, C]`` content queries; reference_points ``[B, Q, 2]`` points or ``[B, Q, 4]`` boxes
+    (normalized, relative to the unpadded image); query_position ``[B, Q, C]`` or None (the decoder's
+    policy computes positions); enc_outputs_class ``[B, S, K]`` and enc_outputs_coord_logits
+    ``[B, S, 4]``: the encoder proposals when the selection makes them; self_attn_mask: the
+    decoder's self-attention mask (True = may not attend) or None.
+    """
+
+    target: torch.Tensor
+    reference_points: torch.Tensor
+    query_position: torch.Tensor | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+    self_attn_mask: torch.Tensor | None = None
+
+
+def _flatten_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    inner = f"{prefix}{QUERY_SELECTION}."
+    for key in [key for key in state_dict if key.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _nest_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    for name in getattr(module, QUERY_SELECTION).state_dict(keep_vars=True):
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}{QUERY_SELECTION}.{name}"] = state_dict.pop(prefix + name)
+
+
+class DeformableTransformerModel(nn.Module):
+    """Backbone + deformable encoder + query selection + deformable decoder, without heads.
+
+    Args (keyword only):
+        backbone: feature maps with masks and position embeddings.
+        input_proj: one projection per level (``models.common.multi_scale.input_projections``).
+        level_embed: ``[L, C]`` parameter added to the positions of each level.
+        encoder: the encoder stack.
+        query_selection: called as ``query_selection(memory [B, S, C], features, proposal_heads)``
+            → ``SelectedQueries``; ``proposal_heads`` is ``self.proposal_heads()``.
+        decoder: the decoder stack.
+        num_channels: input image channels (validated in ``forward``).
+        output_class: the output dataclass ``forward`` returns (fields as ``DeformableDetrModelOutput``).
+
+    Submodules: ``backbone``, ``input_proj``, ``level_embed``, ``encoder``, ``query_selection``
+    (state-dict keys without that prefix), ``decoder``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: BackboneWithPositions,
+        input_proj: nn.ModuleList,
+        level_embed: nn.Parameter,
+        encoder: DeformableEncoder,
+        query_selection: nn.Module,
+        decoder: DeformableDecoder,
+        num_channels: int,
+        output_class: type,
+    ) -> None:
+        super().__init__()
+        if level_embed.dim() != 2 or level_embed.shape[0] != len(input_proj):
+            raise ValueError(f"level_embed must have shape [L={len(input_proj)}, C], got {tuple(level_embed.shape)}")
+        self.backbone = backbone
+        self.input_proj = input_proj
+        self.level_embed = level_embed
+        self.encoder = encoder
+        self.query_selection = query_selection
+        self.decoder = decoder
+        self.num_channels = num_channels
+        self.output_class = output_class
+        self.register_state_dict_post_hook(_flatten_state_dict)
+        self.register_load_state_dict_pre_hook(_nest_state_dict)
+
+    # ------------------------------------------------------------------------------ backbone
+    def freeze_backbone(self) -> None:
+        """Stop training every backbone parameter."""
+        for parameter in self.backbone.conv_encoder.model.parameters():
+            parameter.requires_grad_(False)
+
+    def unfreeze_backbone(self) -> None:
+        """Train every backbone parameter (including the stem and layer1, frozen by default)."""
+        for parameter in self.backbone.conv_encoder.model.parameters():
+            parameter.requires_grad_(True)
+
+    # --------------------------------------------------------------------------------- steps
+    def multi_scale_features(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> MultiScaleFeatures:
+        """Step 1: backbone, projections, extra levels, flattened (see ``MultiScaleFeatures``)."""
+        return multi_scale_features(self.backbone, self.input_proj, self.level_embed, pixel_values, pixel_mask)
+
+    def encode(self, features: MultiScaleFeatures, output_hidden_states: bool = False) -> DeformableEncoderOutput:
+        """Step 2: the encoder over all tokens of all levels → ``last_hidden_state [B, S, C]``."""
+        return self.encoder(
+            features.source,
+            features.spatial_shapes,
+            features.level_start_index,
+            features.valid_ratios,
+            features.position,
+            features.padding_mask,
+            output_hidden_states=output_hidden_states,
+            spatial_shapes_list=features.spatial_shapes_list,
+        )
+
+    def proposal_heads(self) -> tuple[nn.Module, nn.Module] | None:
+        """(class head, box head) that score encoder proposals: the decoder's extra last heads when it
+        holds them (two-stage layout), else None."""
+        decoder = self.decoder
+        if decoder.class_embed is None or decoder.bbox_embed is None or len(decoder.bbox_embed) <= len(decoder.layers):
+            return None
+        return decoder.class_embed[-1], decoder.bbox_embed[-1]
+
+    def select_queries(self, memory: torch.Tensor, features: MultiScaleFeatures) -> SelectedQueries:
+        """Step 3: the decoder's queries and reference points (learned, or from encoder proposals)."""
+        return self.query_selection(memory, features, self.proposal_heads())
+
+    def decode(
+        self, queries: SelectedQueries, memory: torch.Tensor, features: MultiScaleFeatures, output_hidden_states: bool = False
+    ) -> DeformableDecoderOutput:
+        """Step 4: the decoder stack over the selected queries."""
+        return self.decoder(
+            queries.target,
+            queries.reference_points,
+            memory,
+            features.spatial_shapes,
+            features.level_start_index,
+            features.valid_ratios,
+            queries.query_position,
+            features.padding_mask,
+            self_attn_mask=queries.self_attn_mask,
+            output_hidden_states=output_hidden_states,
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> Any:
+        """Args:
+            pixel_values: ``[B, C, H, W]`` normalized images (padded to one size).
+            pixel_mask: ``[B, H, W]``, 1 on real pixels and 0 on padding; None = no padding.
+            output_hidden_states: also return every encoder and decoder layer's input/output.
+            output_attentions: not supported (the fused attention does not materialise weights).
+            return_dict: accepted for compatibility; the output is always ``output_class``
+                (use ``.to_tuple()`` for a tuple).
+
+        Returns:
+            ``output_class`` with ``init_reference_points``, ``last_hidden_state``,
+            ``intermediate_hidden_states``, ``intermediate_reference_points``,
+            ``decoder_hidden_states``, ``encoder_last_hidden_state``, ``encoder_hidden_states``,
+            ``enc_outputs_class``, ``enc_outputs_coord_logits``.
+        """
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
+        pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
+        features = self.multi_scale_features(pixel_values, pixel_mask)
+        encoded = self.encode(features, output_hidden_states)
+        memory = encoded.last_hidden_state
+        queries = self.select_queries(memory, features)
+        decoded = self.decode(queries, memory, features, output_hidden_states)
+        return self.output_class(
+            init_reference_points=queries.reference_points,
+            last_hidden_state=decoded.last_hidden_state,
+            intermediate_hidden_states=decoded.intermediate_hidden_states,
+            intermediate_reference_points=decoded.intermediate_reference_points,
+            decoder_hidden_states=decoded.hidden_states,
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=encoded.hidden_states,
+            enc_outputs_class=queries.enc_outputs_class,
+            enc_outputs_coord_logits=queries.enc_outputs_coord_logits,
+        )

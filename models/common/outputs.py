@@ -1,0 +1,91 @@
+"""Output containers shared by the model families: mapping-style access, tuples, pytree registration.
+
+Fields are read as attributes (``out.logits``) or keys (``out["logits"]``); ``to_tuple()`` gives
+the fields that are set, in order. ``register_output`` makes a class a pytree node so that
+``torch.export`` and the ONNX exporter can return it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+
+class OutputMixin:
+    """Mapping-style access for the output dataclasses (fields that are None count as absent)."""
+
+    def __getitem__(self, key: str | int) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{type(self).__name__} has no field {key!r} set (set fields: {self.keys()})")
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def keys(self) -> list[str]:
+        return [field.name for field in dataclasses.fields(self) if getattr(self, field.name) is not None]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, name) for name in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in self.keys()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+    def all_fields(self) -> dict[str, Any]:
+        """Every field, None included, by name (no copies: unlike ``dataclasses.asdict``)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The set (non-None) fields, in declaration order."""
+        return tuple(self.values())
+
+
+@dataclass
+class DetectionFields:
+    """The fields a detector adds to its transformer's output, first in the output's order (as in
+    ``transformers``): a detection output class lists its model output class *before* this one
+    among its bases, so that these come first.
+
+    - loss (scalar) and loss_dict (``{"loss_ce", "loss_bbox", "loss_giou", "cardinality_error", ...}``): with labels.
+    - logits ``[B, Q, num_labels]`` (sigmoid scores, no "no object" column).
+    - pred_boxes ``[B, Q, 4]`` normalized (cx, cy, w, h).
+    - auxiliary_outputs: ``[{"logits", "pred_boxes"}, ...]`` of the earlier decoder layers, with
+      labels and auxiliary losses.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+    pred_boxes: torch.Tensor | None = None
+    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+
+
+def register_output(cls: type) -> type:
+    """Register a output dataclass as a pytree node; returns ``cls`` (usable as a decorator)."""
+    names = [field.name for field in dataclasses.fields(cls)]
+
+    def flatten(output):
+        return [getattr(output, name) for name in names], names
+
+    def unflatten(values, context):
+        return cls(**dict(zip(context, values)))
+
+    def flatten_with_keys(output):
+        return [(pytree.GetAttrKey(name), getattr(output, name)) for name in names], names
+
+    pytree.register_pytree_node(cls, flatten, unflatten, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}", flatten_with_keys_fn=flatten_with_keys)
+    return cls

@@ -1,0 +1,1 @@
+"""Datasets: COCO-format reading, training augmentation, synthetic data."""

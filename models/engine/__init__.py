@@ -1,0 +1,1 @@
+"""Application code over the models: training loop, COCO evaluation, detection I/O."""

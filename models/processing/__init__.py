@@ -1,0 +1,1 @@
+"""Image processors (slow, fast, feature extractor): sizes, annotations, batching, post-processing."""
