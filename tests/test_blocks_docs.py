@@ -13,3 +13,14 @@ def test_custom_variant_doc_runs(capsys):
     assert namespace["out"].intermediate_reference_points.shape == (2, 3, 20, 4)
     assert namespace["dense_out"].last_hidden_state.shape == (2, 20, 64)
     assert "loss_ce_1" in capsys.readouterr().out
+
+
+def test_custom_variant_extension_examples(capsys):
+    namespace = run_page(DOCS / "custom_variant.md")
+    out = capsys.readouterr().out
+    assert "False True" in out  # damped refinement detaches; look-forward-twice records with grad
+    assert namespace["dino_out"].intermediate_hidden_states.shape == (2, 3, 20, 64)
+    assert {"loss_center", "loss_center_0", "loss_center_1", "loss_center_enc"} <= set(namespace["center_losses"])
+    assert "refused: loss term 'loss_center' has no weight" in out
+    assert namespace["swiglu_memory"].shape == namespace["encoded"].shape
+    assert not any(k.endswith("norm.bias") for k in namespace["rms_layer"].state_dict())
