@@ -49,7 +49,8 @@ def problem(entry: Entry) -> str | None:
     if not entry.marker.exists():
         return NO_BUILD if not entry.library.exists() else "the library has no completion marker (an interrupted build)"
     try:
-        record = json.loads(entry.marker.read_text())
+        text = entry.marker.read_text()
+        record = json.loads(text) if text.strip() else None
     except (OSError, ValueError):
         return "its completion marker is unreadable"
     if not isinstance(record, dict) or not isinstance(record.get("size"), int) or not isinstance(record.get("sha256"), str):

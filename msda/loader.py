@@ -42,7 +42,8 @@ from msda.build_cache import Entry
 logger = logging.getLogger("msda")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-HEARTBEAT_SECONDS = 15.0  # progress lines while compiling or waiting for another process's build
+HEARTBEAT_SECONDS = 15.0
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST)  # progress lines while compiling or waiting for another process's build
 
 
 class BuildUnavailable(RuntimeError):
@@ -150,14 +151,18 @@ def build(with_cuda: bool, build_root: Path | None = None, cpu_kernels: bool = T
     is found, or whatever the compiler raises.
     """
     entry, sources, cflags = _plan(with_cuda, build_root, cpu_kernels)
-    if build_cache.problem(entry) is None:
-        _load(entry)
-        return entry.library
+    load_failure = None  # a verified library that dlopen refuses (say, built against another torch) is rebuilt
     try:
+        if build_cache.problem(entry) is None:
+            try:
+                _load(entry)
+                return entry.library
+            except OSError as error:
+                load_failure = f"loading it failed ({error})"
         entry.folder.mkdir(parents=True, exist_ok=True)
         lock = open(entry.folder / build_cache.LOCK, "a")  # noqa: SIM115 - held for the whole build
     except OSError as error:
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+        if error.errno in _UNWRITABLE:
             raise BuildUnavailable(
                 f"the cache folder {entry.folder.parent} is not writable ({type(error).__name__}: {error.strerror})",
                 "Set MSDA_CACHE_DIR to a writable folder.",
@@ -165,7 +170,7 @@ def build(with_cuda: bool, build_root: Path | None = None, cpu_kernels: bool = T
         raise
     with lock:
         _acquire(lock, entry)  # released by the OS even if this process dies
-        problem = build_cache.problem(entry)
+        problem = build_cache.problem(entry) or load_failure
         if problem is None:  # another process built it while we waited
             _load(entry)
             return entry.library
@@ -247,11 +252,9 @@ class _DropNoCudaRuntime(logging.Filter):
         return not str(record.msg).startswith("No CUDA runtime is found")
 
 
-def _compile(entry: Entry, sources: list[Path], cflags: list[str], with_cuda: bool) -> None:
-    """Run the JIT build (ninja) into the entry's folder and load the result."""
-    if "CUDA_HOME" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
-        # torch guesses CUDA_HOME from the nvcc on PATH, which is wrong on some installs
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+def import_cpp_extension(with_cuda: bool):
+    """``torch.utils.cpp_extension``, imported without its "No CUDA runtime" warning when only the
+    CPU kernels are built."""
     extension_logger = logging.getLogger("torch.utils.cpp_extension")
     quiet = _DropNoCudaRuntime()
     if not with_cuda:
@@ -260,7 +263,15 @@ def _compile(entry: Entry, sources: list[Path], cflags: list[str], with_cuda: bo
         from torch.utils import cpp_extension
     finally:
         extension_logger.removeFilter(quiet)
+    return cpp_extension
 
+
+def _compile(entry: Entry, sources: list[Path], cflags: list[str], with_cuda: bool) -> None:
+    """Run the JIT build (ninja) into the entry's folder and load the result."""
+    if "CUDA_HOME" not in os.environ and Path("/usr/local/cuda/bin/nvcc").exists():
+        # torch guesses CUDA_HOME from the nvcc on PATH, which is wrong on some installs
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    cpp_extension = import_cpp_extension(with_cuda)
     extra: dict = {}
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list())
