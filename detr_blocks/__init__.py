@@ -98,7 +98,7 @@ from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.query_position import BoxQueryPosition, InputQueryPosition, box_sine_embedding
-from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, RefinedReferences, ReferenceRefinement
+from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, ReferenceRefinement, RefinedReferences
 from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, proposal_scores, select_top_proposals
 from detr_blocks.valid_ratio import valid_ratios
 

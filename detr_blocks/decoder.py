@@ -7,14 +7,15 @@ Conventions are those of ``detr_blocks.encoder`` (flattened levels, True = paddi
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from detr_blocks._common import build_module, check_layer_args, check_padding_mask, check_valid_ratios
-from detr_blocks.feed_forward import FeedForwardHost
 from detr_blocks.attention import MultiheadSelfAttention
+from detr_blocks.feed_forward import FeedForwardHost
 from detr_blocks.query_position import InputQueryPosition
 from detr_blocks.refinement import DetachedRefinement, NoRefinement
 from msda import MultiScaleDeformableAttention

@@ -19,7 +19,8 @@ image's own targets are zeros (content) and 0 (box logits). Semantics as DINO's
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

@@ -10,7 +10,7 @@ instead, as ``layer.feed_forward``, and calls it on ``[B, Q, C]`` for the whole 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -14,7 +14,7 @@ The pieces, in the order a model uses them::
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

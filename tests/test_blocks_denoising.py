@@ -41,7 +41,7 @@ def test_queries_by_hand_from_the_same_draws(label_noise_ratio, box_noise_scale)
     targets, embedding = make_targets(), nn.Embedding(K + 1, C)
     torch.manual_seed(7)
     dn = contrastive_denoising_queries(targets, K, embedding, 4, dn_number=10, label_noise_ratio=label_noise_ratio, box_noise_scale=box_noise_scale)
-    groups, max_t, total = 20, 3, 5  # 2·dn_number groups below 50 (the original rule)
+    groups, max_t = 20, 3  # 2·dn_number groups below 50 (the original rule)
     assert dn.meta == DenoisingMeta(pad_size=2 * max_t * groups, num_dn_group=groups)
     assert dn.content.shape == (3, 120, C) and dn.box_logits.shape == (3, 120, 4) and dn.attn_mask.shape == (124, 124)
     # redraw what the function drew, in its order: label coins, new labels, signs, magnitudes
