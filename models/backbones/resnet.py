@@ -18,17 +18,16 @@ from models.backbones.frozen_batch_norm import fold_batch_norms, replace_batch_n
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 BASIC_BLOCK_RESNETS = ("resnet18", "resnet34")
-_STAGE_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-    "resnet101": (256, 512, 1024, 2048),
-}
 
 def _torchvision_weights_file(name: str) -> str:
     """Where ``torch.hub`` keeps the ImageNet weights of torchvision's ``name``."""
     weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url)), weights.url
+
+
+def _stage_width(stage: nn.Module) -> int:
+    """Output channels of a ResNet stage: those of the last convolution of its last block."""
+    return [module for module in stage[-1].modules() if isinstance(module, nn.Conv2d)][-1].out_channels
 
 
 class ResNetBody(nn.Module):
@@ -40,8 +39,8 @@ class ResNetBody(nn.Module):
         output_stride: 32 (plain), 16 (last stage dilated: DC5) or 8.
         num_channels: input channels.
         pretrained: load torchvision's ImageNet weights from the local torch hub cache.
-        network: a prebuilt torchvision ``ResNet`` to take the stages from (``name`` then only
-            selects the stage widths).
+        network: a prebuilt torchvision ``ResNet`` to take the stages from (any widths; the output
+            channels are read from its stages).
     """
 
     def __init__(
@@ -81,7 +80,7 @@ class ResNetBody(nn.Module):
         last = max(self.out_indices)
         for stage in range(1, last + 1):
             setattr(self, f"layer{stage}", getattr(network, f"layer{stage}"))
-        self.channels = [_STAGE_CHANNELS[name][stage - 1] for stage in self.out_indices]
+        self.channels = [_stage_width(getattr(network, f"layer{stage}")) for stage in self.out_indices]
         self.strides = [min(4 * 2 ** (stage - 1), output_stride) for stage in self.out_indices]
 
         # inference copy with BatchNorm folded into the convolutions (not a submodule: it is not

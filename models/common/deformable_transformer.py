@@ -31,7 +31,8 @@ class SelectedQueries(NamedTuple):
     (normalized, relative to the unpadded image); query_position ``[B, Q, C]`` or None (the decoder's
     policy computes positions); enc_outputs_class ``[B, S, K]`` and enc_outputs_coord_logits
     ``[B, S, 4]``: the encoder proposals when the selection makes them; self_attn_mask: the
-    decoder's self-attention mask (True = may not attend) or None.
+    decoder's self-attention mask (True = may not attend) or None; extras: whatever else a family's
+    selection hands to its own ``output_fields`` (e.g. denoising metadata), or None.
     """
 
     target: torch.Tensor
@@ -40,6 +41,7 @@ class SelectedQueries(NamedTuple):
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
     self_attn_mask: torch.Tensor | None = None
+    extras: dict[str, Any] | None = None
 
 
 def _flatten_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -135,8 +137,11 @@ class DeformableTransformerModel(nn.Module):
             return None
         return decoder.class_embed[-1], decoder.bbox_embed[-1]
 
-    def select_queries(self, memory: torch.Tensor, features: MultiScaleFeatures) -> SelectedQueries:
-        """Step 3: the decoder's queries and reference points (learned, or from encoder proposals)."""
+    def select_queries(
+        self, memory: torch.Tensor, features: MultiScaleFeatures, targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> SelectedQueries:
+        """Step 3: the decoder's queries and reference points (learned, or from encoder proposals).
+        ``targets`` (training labels) are for variants that build queries from them (denoising)."""
         return self.query_selection(memory, features, self.proposal_heads())
 
     def decode(
@@ -156,6 +161,37 @@ class DeformableTransformerModel(nn.Module):
             output_hidden_states=output_hidden_states,
         )
 
+    def run_steps(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """All steps in order; returns ``output_fields`` (the fields of ``output_class``)."""
+        pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
+        features = self.multi_scale_features(pixel_values, pixel_mask)
+        encoded = self.encode(features, output_hidden_states)
+        queries = self.select_queries(encoded.last_hidden_state, features, targets)
+        decoded = self.decode(queries, encoded.last_hidden_state, features, output_hidden_states)
+        return self.output_fields(features, encoded, queries, decoded)
+
+    def output_fields(
+        self, features: MultiScaleFeatures, encoded: DeformableEncoderOutput, queries: SelectedQueries, decoded: DeformableDecoderOutput
+    ) -> dict[str, Any]:
+        """Step 5: the output fields by name (a family adds its own by overriding this)."""
+        return {
+            "init_reference_points": queries.reference_points,
+            "last_hidden_state": decoded.last_hidden_state,
+            "intermediate_hidden_states": decoded.intermediate_hidden_states,
+            "intermediate_reference_points": decoded.intermediate_reference_points,
+            "decoder_hidden_states": decoded.hidden_states,
+            "encoder_last_hidden_state": encoded.last_hidden_state,
+            "encoder_hidden_states": encoded.hidden_states,
+            "enc_outputs_class": queries.enc_outputs_class,
+            "enc_outputs_coord_logits": queries.enc_outputs_coord_logits,
+        }
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -173,27 +209,11 @@ class DeformableTransformerModel(nn.Module):
                 (use ``.to_tuple()`` for a tuple).
 
         Returns:
-            ``output_class`` with ``init_reference_points``, ``last_hidden_state``,
-            ``intermediate_hidden_states``, ``intermediate_reference_points``,
+            ``output_class`` built from ``output_fields``: ``init_reference_points``,
+            ``last_hidden_state``, ``intermediate_hidden_states``, ``intermediate_reference_points``,
             ``decoder_hidden_states``, ``encoder_last_hidden_state``, ``encoder_hidden_states``,
             ``enc_outputs_class``, ``enc_outputs_coord_logits``.
         """
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
-        pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
-        features = self.multi_scale_features(pixel_values, pixel_mask)
-        encoded = self.encode(features, output_hidden_states)
-        memory = encoded.last_hidden_state
-        queries = self.select_queries(memory, features)
-        decoded = self.decode(queries, memory, features, output_hidden_states)
-        return self.output_class(
-            init_reference_points=queries.reference_points,
-            last_hidden_state=decoded.last_hidden_state,
-            intermediate_hidden_states=decoded.intermediate_hidden_states,
-            intermediate_reference_points=decoded.intermediate_reference_points,
-            decoder_hidden_states=decoded.hidden_states,
-            encoder_last_hidden_state=memory,
-            encoder_hidden_states=encoded.hidden_states,
-            enc_outputs_class=queries.enc_outputs_class,
-            enc_outputs_coord_logits=queries.enc_outputs_coord_logits,
-        )
+        return self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states))

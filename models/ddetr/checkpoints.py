@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models.backbones.hf_resnet import hf_resnet_key_to_torchvision, torchvision_key_to_hf_resnet
+from models.common.key_rules import rename_state_dict
 from models.ddetr.config import DeformableDetrConfig
 
 # (pattern, replacement) applied in order to every key of an original-repository state dict;
@@ -49,8 +50,8 @@ _ORIGINAL_RULES: tuple[tuple[str, str], ...] = (
     (r"^bbox_embed\.layers\.(.*)$", r"bbox_embed.0.layers.\1"),
 )
 # The original model registers its heads a second time inside the decoder (same tensors).
-_ORIGINAL_ALIASES = re.compile(r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.*)$")
-_IN_PROJ = re.compile(r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$")
+_ORIGINAL_ALIASES = ((r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),)
+_IN_PROJ = (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$", r"model.decoder.layers.\1.self_attn.{name}.\2")
 # Hugging Face models also register the heads inside the decoder; the files may or may not hold them.
 _HF_DECODER_ALIAS = re.compile(r"^model\.decoder\.(class_embed|bbox_embed)\.(.*)$")
 
@@ -66,34 +67,7 @@ def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
     Returns:
         (renamed state dict, keys that matched no rule).
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
-    converted: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    for key, tensor in state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        alias = _ORIGINAL_ALIASES.match(key)
-        if alias:
-            canonical = f"{alias.group(1)}.{alias.group(2)}.{alias.group(3)}"
-            if canonical not in state_dict:
-                unmapped.append(key)
-            continue
-        in_proj = _IN_PROJ.match(key)
-        if in_proj:
-            layer, kind = in_proj.groups()
-            if tensor.shape[0] % 3 != 0:
-                raise ValueError(f"{key} has shape {tuple(tensor.shape)}; expected a first dimension of 3 * d_model")
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                converted[f"model.decoder.layers.{layer}.self_attn.{name}.{kind}"] = part.clone()
-            continue
-        for pattern, replacement in _ORIGINAL_RULES:
-            if re.match(pattern, key):
-                converted[re.sub(pattern, replacement, key)] = tensor
-                break
-        else:
-            unmapped.append(key)
-    return converted, unmapped
+    return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ORIGINAL_ALIASES, in_proj=_IN_PROJ)
 
 
 def _arg(args: Any, name: str, default: Any) -> Any:

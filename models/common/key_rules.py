@@ -1,0 +1,68 @@
+"""Renaming an original repository's state dict to ours by ordered regex rules.
+
+Shared by the families' checkpoint converters: each gives its rules, the patterns of the alias keys
+its original model registers twice (same tensors), and where stacked attention projections go.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+
+Rule = tuple[str, str]
+
+
+def split_in_proj(key: str, tensor: torch.Tensor, target: str) -> dict[str, torch.Tensor]:
+    """``nn.MultiheadAttention``'s stacked ``in_proj_weight`` ``[3C, C]`` (or ``in_proj_bias`` ``[3C]``)
+    → ``q_proj``, ``k_proj``, ``v_proj`` in that order; ``target`` is a template with ``{name}``."""
+    if tensor.shape[0] % 3 != 0:
+        raise ValueError(f"{key} has shape {tuple(tensor.shape)}; expected a first dimension of 3 * d_model")
+    return {target.format(name=name): part.clone() for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0))}
+
+
+def rename_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    rules: Sequence[Rule],
+    *,
+    aliases: Sequence[Rule] = (),
+    in_proj: Rule | None = None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename every key by the first matching rule.
+
+    Args:
+        state_dict: the original model's tensors by name.
+        rules: ``(pattern, replacement)`` regexes, tried in order.
+        aliases: ``(pattern, canonical)`` for keys the original registers a second time; such a key is
+            dropped when its canonical key (``re.sub`` of it) is in ``state_dict``, else reported.
+        in_proj: ``(pattern, target)``: keys matching ``pattern`` (stacked q/k/v) are split with
+            ``split_in_proj``; ``target`` is a replacement template holding ``{name}``.
+
+    ``num_batches_tracked`` buffers are dropped.
+
+    Returns:
+        (renamed state dict, keys that matched no rule).
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    converted: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, tensor in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        alias = next((re.sub(pattern, canonical, key) for pattern, canonical in aliases if re.match(pattern, key)), None)
+        if alias is not None:
+            if alias not in state_dict:
+                unmapped.append(key)
+            continue
+        if in_proj is not None and re.match(in_proj[0], key):
+            converted.update(split_in_proj(key, tensor, re.sub(in_proj[0], in_proj[1], key)))
+            continue
+        for pattern, replacement in rules:
+            if re.match(pattern, key):
+                converted[re.sub(pattern, replacement, key)] = tensor
+                break
+        else:
+            unmapped.append(key)
+    return converted, unmapped
