@@ -20,6 +20,11 @@ _EXPORTS = {
     "DeformableDetrImageProcessor": "models.processing.image_processing",
     "DeformableDetrImageProcessorFast": "models.processing.image_processing_fast",
     "DeformableDetrFeatureExtractor": "models.processing.feature_extraction",
+    "DinoConfig": "models.dino.config",
+    "DinoModel": "models.dino.modeling",
+    "DinoForObjectDetection": "models.dino.modeling",
+    "dino_4scale": "models.dino.variants",
+    "dino_5scale": "models.dino.variants",
 }
 
 __all__ = sorted(_EXPORTS)

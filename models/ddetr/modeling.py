@@ -25,7 +25,11 @@ from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositio
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
 from models.common import checkpoint_files
 from models.common.deformable_transformer import DeformableTransformerModel
+from models.common.hub import PushToHubMixin
+from models.common.initialisation import xavier_feed_forward
 from models.common.multi_scale import input_projections
+from models.common.outputs import resolve_output_flags
+from models.common.pretrained import TiedStateDictMixin, load_pretrained_files, place, split_loading_kwargs
 from models.ddetr import checkpoints
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.outputs import DeformableDetrModelOutput, DeformableDetrObjectDetectionOutput
@@ -77,16 +81,6 @@ def _decoder_layers(config: DeformableDetrConfig) -> list[DeformableDecoderLayer
     ]
 
 
-def _xavier_linears(module: nn.Module) -> None:
-    """The paper's initialisation of the transformer's feed-forward layers."""
-    for layer in module.modules():
-        for name in ("fc1", "fc2"):
-            linear = getattr(layer, name, None)
-            if isinstance(linear, nn.Linear):
-                nn.init.xavier_uniform_(linear.weight)
-                nn.init.zeros_(linear.bias)
-
-
 def _backbone(config: DeformableDetrConfig) -> BackboneWithPositions:
     if config.position_embedding_type == "sine":
         position_embedding: nn.Module = SinePositionEmbedding(config.d_model // 2, normalize=True)
@@ -95,7 +89,7 @@ def _backbone(config: DeformableDetrConfig) -> BackboneWithPositions:
     return BackboneWithPositions(ConvEncoder(build_backbone_body(config)), position_embedding)
 
 
-class DeformableDetrModel(DeformableTransformerModel):
+class DeformableDetrModel(PushToHubMixin, DeformableTransformerModel):
     """Backbone + deformable transformer, without detection heads, built from a config.
 
     The steps (``multi_scale_features`` → ``encode`` → ``select_queries`` → ``decode``) are those
@@ -147,8 +141,23 @@ class DeformableDetrModel(DeformableTransformerModel):
             output_class=DeformableDetrModelOutput,
         )
         self.config = config
-        _xavier_linears(self.encoder)
-        _xavier_linears(self.decoder.layers)
+        xavier_feed_forward(self.encoder)
+        xavier_feed_forward(self.decoder.layers)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config: Any = None, *, strict: bool = True, **kwargs: Any) -> Any:
+        """Load the bare model (no heads) from a checkpoint of either class, as ``transformers`` does.
+
+        A detection checkpoint (keys under ``model.``) loads its transformer; its heads
+        (``class_embed.*``, ``bbox_embed.*``) are dropped with a warning naming them. Takes the
+        same arguments as ``DeformableDetrForObjectDetection.from_pretrained``.
+        """
+        return _from_pretrained(cls, path, config, strict=strict, trust_pickle=False, kwargs=kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True, *, push_to_hub: bool = False, **hub_kwargs: Any) -> None:
+        """Write ``config.json`` (``architectures: ["DeformableDetrModel"]``) and the weights, keys
+        without the ``model.`` prefix, as ``transformers``' bare model writes them."""
+        _save_pretrained(self, directory, "DeformableDetrModel", safe_serialization, push_to_hub, hub_kwargs)
 
 
 def _box_head(config: DeformableDetrConfig) -> MLP:
@@ -165,13 +174,19 @@ def _class_head(config: DeformableDetrConfig) -> nn.Linear:
     return head
 
 
-class DeformableDetrForObjectDetection(nn.Module):
+class DeformableDetrForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
     """Deformable DETR with class and box heads on every decoder layer, and its training loss.
 
     ``class_embed`` and ``bbox_embed`` hold one head per decoder layer (plus one for two-stage
     proposals). Without box refinement all entries are the same module (one shared head, as in
     the paper); with refinement each layer has its own, and the decoder uses them to refine.
+
+    ``state_dict()`` lists each shared tensor once (the layout ``save_pretrained`` writes), so
+    ``transformers.Trainer`` can save it with safetensors; ``load_state_dict`` accepts it (see
+    ``models.common.pretrained.TiedStateDictMixin``).
     """
+
+    main_input_name = "pixel_values"
 
     def __init__(self, config: DeformableDetrConfig) -> None:
         super().__init__()
@@ -217,29 +232,33 @@ class DeformableDetrForObjectDetection(nn.Module):
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict[str, torch.Tensor]] | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
-    ) -> DeformableDetrObjectDetectionOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> DeformableDetrObjectDetectionOutput | tuple:
         """Args:
             pixel_values: ``[B, C, H, W]`` normalized images; pixel_mask: ``[B, H, W]`` (1 = real pixel).
             labels: per image ``{"class_labels": int64 [N], "boxes": [N, 4] normalized cx, cy, w, h}``;
                 when given, ``loss`` and ``loss_dict`` are computed.
-            output_hidden_states, output_attentions, return_dict: as in ``DeformableDetrModel``.
+            output_hidden_states, output_attentions, return_dict: as in ``DeformableDetrModel``
+                (None: the config's value).
 
         Returns:
             ``DeformableDetrObjectDetectionOutput``: ``logits`` ``[B, Q, num_labels]``,
-            ``pred_boxes`` ``[B, Q, 4]`` and the model's fields (plus the loss with labels).
+            ``pred_boxes`` ``[B, Q, 4]`` and the model's fields (plus the loss with labels); with
+            ``return_dict=False`` its ``to_tuple()`` (the set fields in order, as ``transformers``).
         """
-        outputs = self.model(pixel_values, pixel_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        outputs = self.model(pixel_values, pixel_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True)
         classes, boxes = self._predictions(outputs)
         logits, pred_boxes = classes[-1], boxes[-1]
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
             loss, loss_dict, auxiliary_outputs = self.compute_loss(classes, boxes, labels, outputs)
-        return DeformableDetrObjectDetectionOutput(
+        output = DeformableDetrObjectDetectionOutput(
             loss=loss, loss_dict=loss_dict, logits=logits, pred_boxes=pred_boxes, auxiliary_outputs=auxiliary_outputs, **outputs.all_fields()
         )
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------------- loss
     def compute_loss(
@@ -281,76 +300,144 @@ class DeformableDetrForObjectDetection(nn.Module):
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        config: DeformableDetrConfig | None = None,
+        config: Any = None,
         *,
-        ignore_mismatched_sizes: bool = False,
         strict: bool = True,
-        output_loading_info: bool = False,
         trust_pickle: bool = False,
-        **config_overrides: Any,
-    ):
-        """Load a detector from a local checkpoint (nothing is downloaded).
+        **kwargs: Any,
+    ) -> Any:
+        """Load a detector from a local checkpoint or a Hugging Face Hub repo id.
 
         Args:
             path: a directory in the Hugging Face layout (``config.json`` + ``model.safetensors``
-                or ``pytorch_model.bin``), or a ``.pth`` file of the original repository
+                or ``pytorch_model.bin``), a Hub repo id (resolved with ``huggingface_hub`` and its
+                cache), or a ``.pth`` file of the original repository
                 (``{"model": state_dict, "args": Namespace}``).
-            config: the config to build; default: the directory's ``config.json``, or for a
-                ``.pth`` the variant in its ``args`` and the class count of its class head.
-            ignore_mismatched_sizes: when the checkpoint's class head has another number of
-                classes than ``config.num_labels``, start fresh heads (with a warning) instead of
-                raising.
+            config: the config to build (ours or a ``transformers.DeformableDetrConfig``, which is
+                converted); default: the checkpoint's ``config.json``, or for a ``.pth`` the variant
+                in its ``args`` and the class count of its class head.
             strict: raise on missing or unexpected keys (else warn, naming them).
-            output_loading_info: also return the ``LoadReport``.
             trust_pickle: allow a ``.pth`` holding arbitrary Python objects (trusted files only).
-            config_overrides: config fields to change (e.g. ``num_labels=5``,
-                ``disable_custom_kernels=True``).
+            kwargs: loading options of ``transformers``' ``from_pretrained``:
+                ``ignore_mismatched_sizes`` (fresh class heads, with a warning, when the class
+                count differs), ``output_loading_info`` (also return the ``LoadReport``),
+                ``torch_dtype`` / ``dtype`` (a dtype, its name or ``"auto"``), ``device_map``
+                (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``, a device), ``revision``,
+                ``cache_dir``, ``local_files_only``, ``token``, ``force_download``,
+                ``subfolder``, ``use_safetensors``, ``state_dict``; and config fields to change
+                (``num_labels=5``, ``disable_custom_kernels=True``, ...). Any other name raises
+                ``TypeError`` naming it; options we cannot honour raise ``NotImplementedError``.
         """
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            if config is None:
-                config = DeformableDetrConfig.from_pretrained(path)
-            state_dict = checkpoint_files.read_state_dict(path)
-            if config.backbone_config is not None:  # transformers' own ResNet: its names → torchvision's
-                state_dict = checkpoints.backbone_keys_from_transformers(state_dict)
-            unmapped: list[str] = []
-        elif os.path.isfile(path):
-            original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
-            state_dict, unmapped = checkpoints.convert_original_state_dict(original)
-            if config is None:
-                if args is None:
-                    raise ValueError(f"{path} has no 'args'; pass config= with the variant it was trained as")
-                config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
-        else:
-            raise FileNotFoundError(f"{path!r} is neither a checkpoint directory nor a file")
-        if config_overrides:
-            config = config.copy(**config_overrides)
-        # the checkpoint provides the backbone weights: never look for ImageNet ones
-        build_config = config.copy(use_pretrained_backbone=False)
-        model = cls(build_config)
-        model.config = config
-        model.model.config = config
-        report = checkpoint_files.load_state_dict_into(
-            model,
-            state_dict,
-            ignore_mismatched_sizes=ignore_mismatched_sizes,
-            strict=strict,
-            unmapped_keys=unmapped,
-            key_alias=checkpoints.hf_decoder_alias,
-        )
-        model.eval()
-        return (model, report) if output_loading_info else model
+        return _from_pretrained(cls, path, config, strict=strict, trust_pickle=trust_pickle, kwargs=kwargs)
 
-    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True, *, push_to_hub: bool = False, **hub_kwargs: Any) -> None:
         """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``) in the
         Hugging Face layout; shared heads are written once, as ``transformers`` does. The written
-        config has ``use_pretrained_backbone=False``, since the weights include the backbone."""
-        os.makedirs(directory, exist_ok=True)
-        data = self.config.to_dict()
-        data.setdefault("architectures", ["DeformableDetrForObjectDetection"])
-        # the file holds the backbone weights: loading it (here or in transformers) must not
-        # go looking for ImageNet ones
-        data["use_pretrained_backbone"] = False
-        DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
-        rename = checkpoints.backbone_keys_to_transformers if self.config.backbone_config is not None else None
-        checkpoint_files.write_state_dict(self, directory, safe_serialization=safe_serialization, rename=rename)
+        config has ``use_pretrained_backbone=False``, since the weights include the backbone.
+        ``push_to_hub=True`` then uploads the folder (``repo_id`` defaults to its name)."""
+        _save_pretrained(self, directory, "DeformableDetrForObjectDetection", safe_serialization, push_to_hub, hub_kwargs)
+
+
+_HEAD_PREFIXES = ("class_embed.", "bbox_embed.")
+
+
+def _detection_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint of either class with the detector's key names (a bare model's keys gain ``model.``)."""
+    if any(key.startswith("model.") for key in state_dict):
+        return state_dict
+    return {f"model.{key}": value for key, value in state_dict.items()}
+
+
+def _bare_layout(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Detector keys → bare model keys: (state dict without ``model.``, the head keys dropped)."""
+    dropped = sorted(key for key in state_dict if not key.startswith("model."))
+    return {key[len("model."):]: value for key, value in state_dict.items() if key.startswith("model.")}, dropped
+
+
+def _bare_to_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return _bare_layout(checkpoints.backbone_keys_to_transformers(_detection_layout(state_dict)))[0]
+
+
+def _from_pretrained(cls: type, path: str | os.PathLike, config: Any, *, strict: bool, trust_pickle: bool, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained`` of both classes (``cls`` is ``DeformableDetrModel`` or the detector)."""
+    import warnings
+
+    bare = issubclass(cls, DeformableDetrModel)
+    options, overrides = split_loading_kwargs(kwargs, DeformableDetrConfig.field_names())
+    if config is not None:
+        config = DeformableDetrConfig.from_transformers(config)
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
+        state_dict, unmapped = checkpoints.convert_original_state_dict(original)
+        if config is None:
+            if args is None:
+                raise ValueError(f"{path} has no 'args'; pass config= with the variant it was trained as")
+            config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
+    else:
+        config_path, state_dict = load_pretrained_files(path, options)
+        if config is None:
+            if config_path is None:
+                raise FileNotFoundError(f"no config.json for {path!r}: pass config=")
+            config = DeformableDetrConfig.from_json_file(config_path)
+        state_dict = _detection_layout(dict(state_dict))
+        if config.backbone_config is not None:  # transformers' own ResNet: its names → torchvision's
+            state_dict = checkpoints.backbone_keys_from_transformers(state_dict)
+        unmapped = []
+    if overrides:
+        config = config.copy(**overrides)
+    dropped: list[str] = []
+    if bare:
+        state_dict, dropped = _bare_layout(state_dict)
+    dtype = options.dtype
+    if dtype == "auto":
+        from models.common.pretrained import auto_dtype
+
+        dtype = auto_dtype(config.extra, state_dict)
+    # the checkpoint provides the backbone weights: never look for ImageNet ones
+    model = cls(config.copy(use_pretrained_backbone=False))
+    model.config = config
+    if not bare:
+        model.model.config = config
+    heads_missing = not bare and not any(key.startswith(_HEAD_PREFIXES) for key in state_dict)
+    report = checkpoint_files.load_state_dict_into(
+        model,
+        state_dict,
+        ignore_mismatched_sizes=options.ignore_mismatched_sizes,
+        strict=strict and not heads_missing,
+        unmapped_keys=unmapped,
+        key_alias=None if bare else checkpoints.hf_decoder_alias,
+    )
+    if dropped:
+        report.unexpected_keys.extend(dropped)
+        warnings.warn(f"{cls.__name__} has no detection heads: these checkpoint weights were not used: {', '.join(dropped[:20])}"
+                      f"{f' ... ({len(dropped)} in all)' if len(dropped) > 20 else ''}", stacklevel=3)
+    place(model, dtype, _device(options.device_map))
+    model.eval()
+    return (model, report) if options.output_loading_info else model
+
+
+def _device(device_map: Any) -> torch.device | None:
+    from models.common.pretrained import resolve_device
+
+    return resolve_device(device_map)
+
+
+def _save_pretrained(model: nn.Module, directory: str | os.PathLike, architecture: str, safe_serialization: bool,
+                     push_to_hub: bool, hub_kwargs: dict[str, Any]) -> None:
+    os.makedirs(directory, exist_ok=True)
+    data = model.config.to_dict()
+    data["architectures"] = [architecture]
+    # the file holds the backbone weights: loading it (here or in transformers) must not
+    # go looking for ImageNet ones
+    data["use_pretrained_backbone"] = False
+    DeformableDetrConfig.from_dict(data).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
+    rename = None
+    if model.config.backbone_config is not None:
+        rename = _bare_to_transformers if isinstance(model, DeformableDetrModel) else checkpoints.backbone_keys_to_transformers
+    checkpoint_files.write_state_dict(model, directory, safe_serialization=safe_serialization, rename=rename)
+    if push_to_hub:
+        repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(os.fspath(directory)))
+        model.push_to_hub(repo_id, safe_serialization=safe_serialization, **hub_kwargs)
+    elif hub_kwargs:
+        raise TypeError(f"save_pretrained got unexpected keyword arguments {sorted(hub_kwargs)}")

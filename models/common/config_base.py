@@ -1,0 +1,160 @@
+"""What every family's config shares: class names, JSON both ways, local directories, copies.
+
+A family's config subclasses ``DetectionConfig``, sets ``model_type``, stores its fields in
+``__init__`` (then calls ``_finish(num_labels, id2label, label2id, unknown)``) and implements
+``validate()``. Unknown keyword arguments raise, naming them, unless the family lists them in
+``accepted_extra_keys`` (kept and written back).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+
+def check_positive_ints(config: Any, names: tuple[str, ...], minimum: int = 1) -> None:
+    """Raise ``ValueError`` naming the first field in ``names`` that is not an int >= ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_numbers(config: Any, names: tuple[str, ...], low: float = 0.0, high: float | None = None) -> None:
+    """Raise ``ValueError`` naming the first field in ``names`` that is not a number in [low, high]."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low or (high is not None and value > high):
+            bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+
+def check_bools(config: Any, names: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming the first field in ``names`` that is not a bool."""
+    for name in names:
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be a bool, got {getattr(config, name)!r}")
+
+
+class DetectionConfig:
+    """Base of the families' configs: ``num_labels`` / ``id2label`` / ``label2id`` and serialisation."""
+
+    model_type = ""
+    accepted_extra_keys: frozenset[str] = frozenset({"architectures", "transformers_version", "torch_dtype", "_name_or_path"})
+
+    # ------------------------------------------------------------------------------------- init
+    def _finish(self, num_labels: int | None, id2label: dict | None, label2id: dict | None, unknown: dict[str, Any]) -> None:
+        """Set the labels, keep the accepted extra keys, raise on other unknown ones, validate."""
+        self._set_labels(num_labels, id2label, label2id)
+        self.extra: dict[str, Any] = {}
+        rejected = sorted(key for key in unknown if key not in self.accepted_extra_keys and key != "model_type")
+        if rejected:
+            raise TypeError(f"{type(self).__name__} got unknown arguments {rejected}")
+        for key, value in unknown.items():
+            if key in self.accepted_extra_keys:
+                self.extra[key] = copy.deepcopy(value)
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - every family implements it
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------- labels
+    def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:
+        if id2label is not None:
+            if not isinstance(id2label, dict):
+                raise TypeError(f"id2label must be a dict {{int: str}}, got {type(id2label).__name__}")
+            id2label = {int(key): str(value) for key, value in id2label.items()}
+            if num_labels is not None and num_labels != len(id2label):
+                raise ValueError(f"num_labels ({num_labels}) does not match len(id2label) ({len(id2label)})")
+        else:
+            count = num_labels
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+            id2label = {index: f"LABEL_{index}" for index in range(count)}
+        if label2id is None:
+            label2id = {name: index for index, name in id2label.items()}
+        elif not isinstance(label2id, dict):
+            raise TypeError(f"label2id must be a dict {{str: int}}, got {type(label2id).__name__}")
+        self.id2label = id2label
+        self.label2id = {str(key): int(value) for key, value in label2id.items()}
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of the detection head (``len(id2label)``)."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"num_labels must be a positive int, got {value!r}")
+        if value != len(self.id2label):
+            self._set_labels(value, None, None)
+
+    # ---------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-able dict (``id2label`` keys as strings)."""
+        data: dict[str, Any] = {key: copy.deepcopy(value) for key, value in self.__dict__.items() if key not in ("extra", "id2label", "label2id")}
+        data["id2label"] = {str(index): name for index, name in self.id2label.items()}
+        data["label2id"] = dict(self.label2id)
+        data["model_type"] = self.model_type
+        for key, value in self.extra.items():
+            data.setdefault(key, copy.deepcopy(value))
+        return dict(sorted(data.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> DetectionConfig:
+        """Build from a dict such as ``to_dict()``; ``overrides`` win."""
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, got {type(data).__name__}")
+        model_type = data.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config has model_type {model_type!r}, expected {cls.model_type!r}")
+        return cls(**{**data, **overrides})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> DetectionConfig:
+        """Read a JSON file written by ``to_json_file``."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{os.fspath(path)!r} is not valid JSON: {error}") from error
+        return cls.from_dict(data, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> DetectionConfig:
+        """Read ``config.json`` from a local directory (or a JSON file path)."""
+        path = os.fspath(path)
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no config.json at {path!r}")
+        return cls.from_json_file(file, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``directory/config.json``."""
+        os.makedirs(directory, exist_ok=True)
+        self.to_json_file(os.path.join(directory, "config.json"))
+
+    def copy(self, **overrides: Any) -> DetectionConfig:
+        """A copy with some fields replaced (validated again)."""
+        data = self.to_dict()
+        if "num_labels" in overrides and "id2label" not in overrides:
+            data.pop("id2label")
+            data.pop("label2id")
+        return type(self).from_dict(data, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, type(self)) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"

@@ -1,0 +1,133 @@
+"""DINO's checkpoint conversion: the original training script's ``.pth`` (IDEA-Research/DINO).
+
+``convert_original_state_dict`` renames the keys to ours (the decoder's stacked self-attention
+projection is split into q/k/v; the heads the original also registers inside the transformer are
+dropped as aliases); ``config_from_original_args`` turns ``args`` into a ``DinoConfig`` and
+refuses, by name, the options of the original code this assembly does not implement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from models.common.key_rules import rename_state_dict
+from models.dino.config import DinoConfig
+
+_LAYER = r"^transformer\.{part}\.layers\.(\d+)\."
+_ORIGINAL_RULES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.0\.body\.(.*)$", r"model.backbone.conv_encoder.model.\1"),
+    (r"^transformer\.level_embed$", r"model.level_embed"),
+    (_LAYER.format(part="encoder") + r"self_attn\.(.*)$", r"model.encoder.layers.\1.self_attn.\2"),
+    (_LAYER.format(part="encoder") + r"norm1\.(.*)$", r"model.encoder.layers.\1.self_attn_layer_norm.\2"),
+    (_LAYER.format(part="encoder") + r"linear1\.(.*)$", r"model.encoder.layers.\1.fc1.\2"),
+    (_LAYER.format(part="encoder") + r"linear2\.(.*)$", r"model.encoder.layers.\1.fc2.\2"),
+    (_LAYER.format(part="encoder") + r"norm2\.(.*)$", r"model.encoder.layers.\1.final_layer_norm.\2"),
+    (_LAYER.format(part="decoder") + r"cross_attn\.(.*)$", r"model.decoder.layers.\1.encoder_attn.\2"),
+    (_LAYER.format(part="decoder") + r"norm1\.(.*)$", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
+    (_LAYER.format(part="decoder") + r"self_attn\.out_proj\.(.*)$", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
+    (_LAYER.format(part="decoder") + r"norm2\.(.*)$", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
+    (_LAYER.format(part="decoder") + r"linear1\.(.*)$", r"model.decoder.layers.\1.fc1.\2"),
+    (_LAYER.format(part="decoder") + r"linear2\.(.*)$", r"model.decoder.layers.\1.fc2.\2"),
+    (_LAYER.format(part="decoder") + r"norm3\.(.*)$", r"model.decoder.layers.\1.final_layer_norm.\2"),
+    (r"^transformer\.decoder\.norm\.(.*)$", r"model.decoder.intermediate_norm.\1"),
+    (r"^transformer\.decoder\.ref_point_head\.(.*)$", r"model.decoder.query_position.mlp.\1"),
+    (r"^transformer\.(enc_output|enc_output_norm|enc_out_class_embed|enc_out_bbox_embed|tgt_embed)\.(.*)$", r"model.\1.\2"),
+    (r"^label_enc\.(.*)$", r"model.label_enc.\1"),
+    (r"^input_proj\.(\d+)\.(\d+)\.(.*)$", r"model.input_proj.\1.\2.\3"),
+    (r"^(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),
+)
+_ALIASES = ((r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),)
+_IN_PROJ = (_LAYER.format(part="decoder") + r"self_attn\.in_proj_(weight|bias)$", r"model.decoder.layers.\1.self_attn.{name}.\2")
+
+# Options of the original code, and the value this assembly implements (anything else is refused).
+_IMPLEMENTED: dict[str, Any] = {
+    "two_stage_type": "standard",
+    "decoder_sa_type": "sa",
+    "decoder_module_seq": ["sa", "ca", "ffn"],
+    "num_patterns": 0,
+    "two_stage_pat_embed": 0,
+    "two_stage_add_query_num": 0,
+    "two_stage_learn_wh": False,
+    "two_stage_keep_all_tokens": False,
+    "dec_layer_number": None,
+    "use_deformable_box_attn": False,
+    "pre_norm": False,
+    "embed_init_tgt": True,
+    "use_detached_boxes_dec_out": False,
+    "position_embedding": "sine",
+    "masks": False,
+}
+
+
+def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename an original DINO state dict to our key layout; returns (renamed, keys matching no rule)."""
+    return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ALIASES, in_proj=_IN_PROJ)
+
+
+def original_num_labels(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Number of classes of an original (or converted) state dict, from its class head."""
+    for key in ("class_embed.0.weight", "class_embed.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    raise ValueError("the checkpoint has no class head (class_embed.0.weight); cannot tell the number of classes")
+
+
+def _arg(args: Any, name: str, default: Any) -> Any:
+    return args.get(name, default) if isinstance(args, Mapping) else getattr(args, name, default)
+
+
+def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> DinoConfig:
+    """A ``DinoConfig`` for the architecture an original run trained (its ``args``).
+
+    Raises ``ValueError`` naming every option whose value this assembly does not implement.
+    """
+    unsupported = [f"{name}={_arg(args, name, value)!r}" for name, value in _IMPLEMENTED.items() if _arg(args, name, value) != value]
+    if _arg(args, "pe_temperatureH", 20) != _arg(args, "pe_temperatureW", 20):
+        unsupported.append("pe_temperatureH != pe_temperatureW")
+    if unsupported:
+        raise ValueError(f"the checkpoint's args use options this DINO does not implement: {', '.join(unsupported)}")
+    heads = int(_arg(args, "nheads", 8))
+    ffn = int(_arg(args, "dim_feedforward", 2048))
+    values: dict[str, Any] = {
+        "backbone": _arg(args, "backbone", "resnet50"),
+        "backbone_out_indices": [int(index) + 1 for index in _arg(args, "return_interm_indices", [1, 2, 3])],
+        "dilation": bool(_arg(args, "dilation", False)),
+        "d_model": int(_arg(args, "hidden_dim", 256)),
+        "num_queries": int(_arg(args, "num_queries", 900)),
+        "num_feature_levels": int(_arg(args, "num_feature_levels", 4)),
+        "encoder_layers": int(_arg(args, "enc_layers", 6)),
+        "decoder_layers": int(_arg(args, "dec_layers", 6)),
+        "encoder_attention_heads": heads,
+        "decoder_attention_heads": heads,
+        "encoder_ffn_dim": ffn,
+        "decoder_ffn_dim": ffn,
+        "encoder_n_points": int(_arg(args, "enc_n_points", 4)),
+        "decoder_n_points": int(_arg(args, "dec_n_points", 4)),
+        "dropout": float(_arg(args, "dropout", 0.0)),
+        "activation_function": _arg(args, "transformer_activation", "relu"),
+        "position_embedding_temperature": float(_arg(args, "pe_temperatureH", 20)),
+        "dec_pred_class_embed_share": bool(_arg(args, "dec_pred_class_embed_share", True)),
+        "dec_pred_bbox_embed_share": bool(_arg(args, "dec_pred_bbox_embed_share", True)),
+        "two_stage_class_embed_share": bool(_arg(args, "two_stage_class_embed_share", False)),
+        "two_stage_bbox_embed_share": bool(_arg(args, "two_stage_bbox_embed_share", False)),
+        "dn_number": int(_arg(args, "dn_number", 100)) if _arg(args, "use_dn", True) else 0,
+        "dn_label_noise_ratio": float(_arg(args, "dn_label_noise_ratio", 0.5)),
+        "dn_box_noise_scale": float(_arg(args, "dn_box_noise_scale", 0.4)),
+        "dn_labelbook_size": int(_arg(args, "dn_labelbook_size", num_labels)),
+        "class_cost": float(_arg(args, "set_cost_class", 2.0)),
+        "bbox_cost": float(_arg(args, "set_cost_bbox", 5.0)),
+        "giou_cost": float(_arg(args, "set_cost_giou", 2.0)),
+        "class_loss_coefficient": float(_arg(args, "cls_loss_coef", 1.0)),
+        "bbox_loss_coefficient": float(_arg(args, "bbox_loss_coef", 5.0)),
+        "giou_loss_coefficient": float(_arg(args, "giou_loss_coef", 2.0)),
+        "interm_loss_coefficient": float(_arg(args, "interm_loss_coef", 1.0)),
+        "focal_alpha": float(_arg(args, "focal_alpha", 0.25)),
+        "auxiliary_loss": bool(_arg(args, "aux_loss", True)),
+        "use_pretrained_backbone": False,
+        "num_labels": num_labels,
+    }
+    values.update(overrides)
+    return DinoConfig(**values)

@@ -1,0 +1,396 @@
+"""``DinoModel`` and ``DinoForObjectDetection``: DINO assembled from ``detr_blocks`` and ``msda``.
+
+What is DINO's own here, over the shared ``DeformableTransformerModel`` steps:
+
+- positions: sine with temperature 20 and no half-pixel offset;
+- query selection: ``MixedQuerySelection`` (top-k proposals by max class, learned contents);
+- the decoder's policies: ``BoxQueryPosition`` (conditional query positions from the current
+  boxes), ``LookForwardTwice`` refinement (inverse-sigmoid eps 1e-3), a shared LayerNorm on every
+  layer's output;
+- contrastive denoising queries in training (``select_queries`` override, ``label_enc``);
+- the loss (``DinoCriterion``): matching, auxiliary, intermediate (``_interm``) and denoising
+  (``_dn``) terms.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer, DeformableDecoderOutput
+from detr_blocks.denoising import contrastive_denoising_queries, split_denoising_outputs
+from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer, DeformableEncoderOutput
+from detr_blocks.functional import refine_boxes
+from detr_blocks.matcher import HungarianMatcher
+from detr_blocks.mlp import MLP
+from detr_blocks.position_embedding import SinePositionEmbedding
+from detr_blocks.query_position import BoxQueryPosition
+from detr_blocks.refinement import LookForwardTwice
+from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
+from models.common import checkpoint_files
+from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries
+from models.common.initialisation import xavier_feed_forward
+from models.common.multi_scale import MultiScaleFeatures, input_projections
+from models.dino import checkpoints
+from models.dino.config import DinoConfig
+from models.dino.criterion import DinoCriterion
+from models.dino.outputs import DinoModelOutput, DinoObjectDetectionOutput
+from models.dino.query_selection import MixedQuerySelection
+from msda import MultiScaleDeformableAttention
+
+BOX_EPS = 1e-3  # DINO's inverse_sigmoid clamps at 1e-3 (Deformable DETR: 1e-5)
+
+
+def _check_config(config: Any) -> DinoConfig:
+    if not isinstance(config, DinoConfig):
+        raise TypeError(f"config must be a models.DinoConfig, got {type(config).__name__}")
+    config.validate()
+    return config
+
+
+def _attention(config: DinoConfig, num_heads: int, num_points: int) -> MultiScaleDeformableAttention:
+    return MultiScaleDeformableAttention(config.d_model, num_heads, config.num_feature_levels, num_points, use_reference=config.disable_custom_kernels)
+
+
+def _encoder(config: DinoConfig) -> DeformableEncoder:
+    return DeformableEncoder(
+        [
+            DeformableEncoderLayer(
+                config.d_model,
+                config.encoder_ffn_dim,
+                self_attn=_attention(config, config.encoder_attention_heads, config.encoder_n_points),
+                dropout=config.dropout,
+                activation_dropout=config.activation_dropout,
+                activation=config.activation_function,
+            )
+            for _ in range(config.encoder_layers)
+        ]
+    )
+
+
+def _decoder(config: DinoConfig, bbox_embed: nn.ModuleList) -> DeformableDecoder:
+    layers = [
+        DeformableDecoderLayer(
+            config.d_model,
+            config.decoder_ffn_dim,
+            encoder_attn=_attention(config, config.decoder_attention_heads, config.decoder_n_points),
+            num_heads=config.decoder_attention_heads,
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            activation_dropout=config.activation_dropout,
+            activation=config.activation_function,
+        )
+        for _ in range(config.decoder_layers)
+    ]
+    return DeformableDecoder(
+        layers,
+        bbox_embed=bbox_embed,
+        refinement=LookForwardTwice(eps=BOX_EPS),
+        query_position=BoxQueryPosition(config.d_model),
+        intermediate_norm=nn.LayerNorm(config.d_model),
+    )
+
+
+class DinoModel(DeformableTransformerModel):
+    """Backbone + deformable encoder + mixed query selection (+ denoising queries) + DINO's decoder.
+
+    Args:
+        config: the ``DinoConfig``.
+        bbox_embed: the decoder's box heads (one per layer, possibly the same module), used for
+            look-forward-twice refinement; given by ``DinoForObjectDetection``.
+        enc_class_head, enc_box_head: the heads that score the encoder proposals.
+        backbone_body: another backbone network (e.g. a narrower ResNet) instead of the config's;
+            it must return a list of maps and carry ``channels``.
+        query_selection: another query selection module.
+
+    Submodules: ``backbone``, ``input_proj``, ``level_embed``, ``encoder``, ``decoder``
+    (``query_position``, ``intermediate_norm``, ``bbox_embed``), ``label_enc``, and the query
+    selection's ``enc_output``, ``enc_output_norm``, ``enc_out_class_embed``,
+    ``enc_out_bbox_embed``, ``tgt_embed`` (stored at the model's level).
+    """
+
+    def __init__(
+        self,
+        config: DinoConfig,
+        bbox_embed: nn.ModuleList,
+        enc_class_head: nn.Module,
+        enc_box_head: nn.Module,
+        *,
+        backbone_body: nn.Module | None = None,
+        query_selection: nn.Module | None = None,
+    ) -> None:
+        config = _check_config(config)
+        if len(bbox_embed) != config.decoder_layers:
+            raise ValueError(f"bbox_embed must hold decoder_layers = {config.decoder_layers} heads, got {len(bbox_embed)}")
+        body = build_backbone_body(config) if backbone_body is None else backbone_body
+        positions = SinePositionEmbedding(config.d_model // 2, temperature=config.position_embedding_temperature, normalize=True, offset=0.0)
+        backbone = BackboneWithPositions(ConvEncoder(body), positions)
+        encoder = _encoder(config)
+        decoder = _decoder(config, bbox_embed)
+        xavier_feed_forward(encoder)
+        xavier_feed_forward(decoder.layers)
+        level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
+        nn.init.normal_(level_embed)
+        super().__init__(
+            backbone=backbone,
+            input_proj=input_projections(backbone.conv_encoder.intermediate_channel_sizes, config.d_model, config.num_feature_levels),
+            level_embed=level_embed,
+            encoder=encoder,
+            query_selection=query_selection or MixedQuerySelection(config.num_queries, config.d_model, enc_class_head, enc_box_head),
+            decoder=decoder,
+            num_channels=config.num_channels,
+            output_class=DinoModelOutput,
+        )
+        self.config = config
+        self.label_enc = nn.Embedding(config.label_book_size + 1, config.d_model)
+
+    def select_queries(self, memory: torch.Tensor, features: MultiScaleFeatures, targets: list[dict[str, torch.Tensor]] | None = None) -> SelectedQueries:
+        """The matching queries, preceded in training (with targets and ``dn_number > 0``) by the
+        contrastive denoising queries, with the self-attention mask that keeps them apart."""
+        queries = super().select_queries(memory, features, targets)
+        if targets is None or not self.training or self.config.dn_number == 0:
+            return queries
+        denoising = contrastive_denoising_queries(
+            targets,
+            self.config.num_labels,
+            self.label_enc,
+            queries.target.shape[1],
+            dn_number=self.config.dn_number,
+            label_noise_ratio=self.config.dn_label_noise_ratio,
+            box_noise_scale=self.config.dn_box_noise_scale,
+            eps=BOX_EPS,
+        )
+        return queries._replace(
+            target=torch.cat([denoising.content.to(queries.target.dtype), queries.target], 1),
+            reference_points=torch.cat([denoising.box_logits.sigmoid().to(queries.reference_points.dtype), queries.reference_points], 1),
+            self_attn_mask=denoising.attn_mask,
+            extras={**(queries.extras or {}), "denoising_meta": denoising.meta},
+        )
+
+    def output_fields(
+        self, features: MultiScaleFeatures, encoded: DeformableEncoderOutput, queries: SelectedQueries, decoded: DeformableDecoderOutput
+    ) -> dict[str, Any]:
+        """The shared fields plus the selected proposals; with denoising, the denoising part of the
+        decoder's outputs goes to the ``dn_*`` fields and the rest holds the matching queries only."""
+        fields = super().output_fields(features, encoded, queries, decoded)
+        extras = dict(queries.extras or {})
+        meta = extras.pop("denoising_meta", None)
+        fields.update(extras)
+        if meta is not None:
+            fields["denoising_meta"] = meta
+            fields["dn_init_reference_points"], fields["init_reference_points"] = split_denoising_outputs(queries.reference_points, meta)
+            fields["dn_hidden_states"], fields["intermediate_hidden_states"] = split_denoising_outputs(decoded.intermediate_hidden_states, meta, dim=2)
+            fields["dn_reference_points"], fields["intermediate_reference_points"] = split_denoising_outputs(decoded.intermediate_reference_points, meta, dim=2)
+            fields["last_hidden_state"] = fields["intermediate_hidden_states"][:, -1]
+        return fields
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> DinoModelOutput:
+        """As ``DeformableTransformerModel.forward``; ``labels`` (training only) add denoising queries."""
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
+        return DinoModelOutput(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels))
+
+
+def _class_head(config: DinoConfig) -> nn.Linear:
+    head = nn.Linear(config.d_model, config.num_labels)
+    prior = 0.01  # focal-loss prior: every class starts at probability 0.01
+    nn.init.constant_(head.bias, -math.log((1 - prior) / prior))
+    return head
+
+
+def _box_head(config: DinoConfig) -> MLP:
+    head = MLP(config.d_model, config.d_model, 4, num_layers=3)
+    nn.init.zeros_(head.layers[-1].weight)
+    nn.init.zeros_(head.layers[-1].bias)
+    return head
+
+
+def _heads(first: nn.Module, count: int, shared: bool) -> nn.ModuleList:
+    return nn.ModuleList([first] * count if shared else [first] + [copy.deepcopy(first) for _ in range(count - 1)])
+
+
+class DinoForObjectDetection(nn.Module):
+    """DINO with class and box heads on every decoder layer, and its training loss.
+
+    ``class_embed`` / ``bbox_embed`` hold one head per decoder layer: the same module when
+    ``dec_pred_*_embed_share`` (the authors' default), else one each. The encoder-proposal heads are
+    the decoder's first ones with ``two_stage_*_embed_share``, else copies of their own.
+
+    Args:
+        config: the ``DinoConfig``.
+        backbone_body: another backbone network (see ``DinoModel``).
+    """
+
+    def __init__(self, config: DinoConfig, *, backbone_body: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = _check_config(config)
+        class_head, box_head = _class_head(config), _box_head(config)
+        self.class_embed = _heads(class_head, config.decoder_layers, config.dec_pred_class_embed_share)
+        self.bbox_embed = _heads(box_head, config.decoder_layers, config.dec_pred_bbox_embed_share)
+        enc_class = class_head if config.two_stage_class_embed_share else copy.deepcopy(class_head)
+        enc_box = box_head if config.two_stage_bbox_embed_share else copy.deepcopy(box_head)
+        self.model = DinoModel(config, self.bbox_embed, enc_class, enc_box, backbone_body=backbone_body)
+        matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost, focal_alpha=config.focal_alpha)
+        self.criterion = DinoCriterion(config, matcher)
+
+    def freeze_backbone(self) -> None:
+        """Stop training every backbone parameter."""
+        self.model.freeze_backbone()
+
+    def unfreeze_backbone(self) -> None:
+        """Train every backbone parameter."""
+        self.model.unfreeze_backbone()
+
+    # ----------------------------------------------------------------------------- forward
+    def predictions(self, hidden: torch.Tensor, initial: torch.Tensor, refined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits ``[D, B, Q, K]`` and boxes ``[D, B, Q, 4]`` of every decoder layer.
+
+        Args:
+            hidden: ``[B, D, Q, C]`` every layer's normed output.
+            initial: ``[B, Q, 4]`` the first layer's reference boxes.
+            refined: ``[B, D, Q, 4]`` every layer's refined boxes (not detached): layer l's box is
+                predicted relative to layer l - 1's refined box ("look forward twice").
+        """
+        references = [initial] + list(refined.unbind(1)[:-1])
+        classes, boxes = [], []
+        for layer in range(hidden.shape[1]):
+            classes.append(self.class_embed[layer](hidden[:, layer]))
+            boxes.append(refine_boxes(self.bbox_embed[layer](hidden[:, layer]), references[layer], BOX_EPS))
+        return torch.stack(classes), torch.stack(boxes)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> DinoObjectDetectionOutput:
+        """Args:
+            pixel_values: ``[B, C, H, W]`` normalized images; pixel_mask: ``[B, H, W]`` (1 = real pixel).
+            labels: per image ``{"class_labels": int64 [N], "boxes": [N, 4] normalized cx, cy, w, h}``;
+                when given, ``loss`` and ``loss_dict`` are computed, and in training the denoising
+                queries are added (``config.dn_number > 0``).
+
+        Returns:
+            ``DinoObjectDetectionOutput``: ``logits`` ``[B, Q, K]``, ``pred_boxes`` ``[B, Q, 4]``, the
+            model's fields, and in training with labels ``dn_outputs``.
+        """
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
+        fields = self.model.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels)
+        classes, boxes = self.predictions(fields["intermediate_hidden_states"], fields["init_reference_points"], fields["intermediate_reference_points"])
+        dn_outputs = None
+        if fields.get("denoising_meta") is not None:
+            dn_classes, dn_boxes = self.predictions(fields["dn_hidden_states"], fields["dn_init_reference_points"], fields["dn_reference_points"])
+            dn_outputs = _layer_outputs(dn_classes, dn_boxes)
+        loss = loss_dict = auxiliary_outputs = None
+        if labels is not None:
+            loss, loss_dict, auxiliary_outputs = self.compute_loss(classes, boxes, labels, fields, dn_outputs)
+        return DinoObjectDetectionOutput(
+            loss=loss, loss_dict=loss_dict, logits=classes[-1], pred_boxes=boxes[-1], auxiliary_outputs=auxiliary_outputs, dn_outputs=dn_outputs, **fields
+        )
+
+    # ------------------------------------------------------------------------------- loss
+    def compute_loss(
+        self,
+        classes: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: list[dict[str, torch.Tensor]],
+        fields: dict[str, Any],
+        dn_outputs: dict[str, Any] | None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[dict[str, torch.Tensor]] | None]:
+        """``(loss, loss_dict, auxiliary_outputs)`` of ``forward``'s predictions (see ``DinoCriterion``)."""
+        if not isinstance(labels, (list, tuple)) or len(labels) != classes.shape[1]:
+            raise ValueError(f"labels must be a list of {classes.shape[1]} dicts (one per image), got {type(labels).__name__}")
+        device = classes.device
+        targets = [{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in target.items()} for target in labels]
+        predictions = _layer_outputs(classes, boxes) if self.config.auxiliary_loss else {"logits": classes[-1], "pred_boxes": boxes[-1]}
+        predictions["interm_outputs"] = {"logits": fields["enc_topk_logits"], "pred_boxes": fields["enc_topk_boxes"]}
+        if dn_outputs is not None:
+            predictions["dn_outputs"] = dn_outputs if self.config.auxiliary_loss else {k: v for k, v in dn_outputs.items() if k != "auxiliary_outputs"}
+            predictions["denoising_meta"] = fields["denoising_meta"]
+        loss, loss_dict = self.criterion(predictions, targets)
+        return loss, loss_dict, predictions.get("auxiliary_outputs")
+
+    # ------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        config: DinoConfig | None = None,
+        *,
+        backbone_body: nn.Module | None = None,
+        ignore_mismatched_sizes: bool = False,
+        strict: bool = True,
+        output_loading_info: bool = False,
+        trust_pickle: bool = False,
+        **config_overrides: Any,
+    ):
+        """Load a DINO detector from a local checkpoint (nothing is downloaded).
+
+        Args:
+            path: a directory written by ``save_pretrained`` (``config.json`` + ``model.safetensors``
+                or ``pytorch_model.bin``), or a ``.pth`` written by the original DINO training script
+                (``{"model": state_dict, "args": Namespace}``).
+            config: the config to build; default: the directory's ``config.json``, or for a ``.pth``
+                the architecture in its ``args`` and the class count of its class head.
+            backbone_body: another backbone network to build the model with (see ``DinoModel``).
+            ignore_mismatched_sizes, strict, output_loading_info, trust_pickle: as
+                ``DeformableDetrForObjectDetection.from_pretrained``.
+            config_overrides: config fields to change.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            config = DinoConfig.from_pretrained(path) if config is None else config
+            state_dict, unmapped = checkpoint_files.read_state_dict(path), []
+        elif os.path.isfile(path):
+            original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
+            state_dict, unmapped = checkpoints.convert_original_state_dict(original)
+            if config is None:
+                if args is None:
+                    raise ValueError(f"{path} has no 'args'; pass config= with the architecture it was trained with")
+                config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
+        else:
+            raise FileNotFoundError(f"{path!r} is neither a checkpoint directory nor a file")
+        if not isinstance(config, DinoConfig):
+            raise TypeError(f"config must be a models.DinoConfig, got {type(config).__name__}")
+        if config_overrides:
+            config = config.copy(**config_overrides)
+        model = cls(config.copy(use_pretrained_backbone=False), backbone_body=backbone_body)
+        model.config = model.model.config = config
+        report = checkpoint_files.load_state_dict_into(
+            model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, strict=strict, unmapped_keys=unmapped
+        )
+        model.eval()
+        return (model, report) if output_loading_info else model
+
+    def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``); shared heads once."""
+        os.makedirs(directory, exist_ok=True)
+        # the file holds the backbone weights: loading it must not look for ImageNet ones
+        self.config.copy(use_pretrained_backbone=False).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
+        checkpoint_files.write_state_dict(self, directory, safe_serialization=safe_serialization)
+
+
+def _layer_outputs(classes: torch.Tensor, boxes: torch.Tensor) -> dict[str, Any]:
+    """``{"logits", "pred_boxes"}`` of the last layer and ``auxiliary_outputs`` of the others."""
+    return {
+        "logits": classes[-1],
+        "pred_boxes": boxes[-1],
+        "auxiliary_outputs": [{"logits": c, "pred_boxes": b} for c, b in zip(classes[:-1], boxes[:-1])],
+    }

@@ -1,0 +1,61 @@
+"""Output objects of the DINO models: Deformable DETR's field names, plus DINO's own.
+
+See ``models.common.outputs`` for how they are read (attributes, keys, ``to_tuple()``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.common.outputs import DetectionFields, OutputMixin, register_output
+
+
+@register_output
+@dataclass
+class DinoModelOutput(OutputMixin):
+    """Output of ``DinoModel`` (B batch, Q matching queries, C d_model, S tokens, D decoder layers, K classes).
+
+    - init_reference_points ``[B, Q, 4]``: the top-k proposal boxes fed to the decoder (detached).
+    - last_hidden_state ``[B, Q, C]``; intermediate_hidden_states ``[B, D, Q, C]`` (after the
+      decoder's shared norm); intermediate_reference_points ``[B, D, Q, 4]``: every layer's refined
+      boxes, not detached (look forward twice).
+    - decoder_hidden_states / encoder_hidden_states: layer inputs and outputs, when asked.
+    - encoder_last_hidden_state ``[B, S, C]``.
+    - enc_outputs_class ``[B, S, K]``, enc_outputs_coord_logits ``[B, S, 4]``: every token's proposal.
+    - enc_topk_logits ``[B, Q, K]``, enc_topk_boxes ``[B, Q, 4]``: the selected proposals (the
+      intermediate loss's predictions; boxes not detached).
+    - denoising_meta: ``detr_blocks.DenoisingMeta`` when denoising queries were added (training with
+      labels); the fields above then hold only the matching queries, and the denoising part is in
+      dn_hidden_states ``[B, D, pad, C]`` and dn_init_reference_points ``[B, pad, 4]``,
+      dn_reference_points ``[B, D, pad, 4]``.
+    """
+
+    init_reference_points: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+    enc_topk_logits: torch.Tensor | None = None
+    enc_topk_boxes: torch.Tensor | None = None
+    dn_hidden_states: torch.Tensor | None = None
+    dn_init_reference_points: torch.Tensor | None = None
+    dn_reference_points: torch.Tensor | None = None
+    denoising_meta: Any = None
+
+
+@register_output
+@dataclass
+class DinoObjectDetectionOutput(DinoModelOutput, DetectionFields):
+    """Output of ``DinoForObjectDetection``: ``DetectionFields`` (loss, loss_dict, logits
+    ``[B, Q, K]``, pred_boxes ``[B, Q, 4]``, auxiliary_outputs; first), the ``DinoModelOutput``
+    fields, and in training with denoising ``dn_outputs``: ``{"logits", "pred_boxes",
+    "auxiliary_outputs"}`` of the denoising queries."""
+
+    dn_outputs: dict[str, Any] | None = None
