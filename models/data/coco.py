@@ -19,11 +19,15 @@ with ``iscrowd=1`` only when ``keep_crowd=True`` (training skips them, like the 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from models.data.image_files import ImageError, read_image
 
 BOX_TOLERANCE = 1.0
 """Pixels a box may extend past the image border (rounding in real datasets) before it is an error."""
@@ -69,6 +73,111 @@ def load_coco_json(path: str | Path) -> dict:
     return data
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_coco(data: dict, source: str) -> tuple[dict, list[str]]:
+    """Check a COCO annotations dict for everything that would crash or corrupt training or metrics.
+
+    This is the one validator of ground truth: the dataset (train and eval) and
+    :func:`models.engine.evaluation.coco_metrics` both call it.
+
+    Refused (``ValueError`` naming ``source``, the annotation and the field): missing or non-integer
+    ids, repeated image/annotation/category ids (pycocotools indexes by id, so a repeat silently
+    corrupts the metrics), an annotation naming an unknown image or category, a ``bbox`` that is not
+    four finite numbers, a negative size, a box more than :data:`BOX_TOLERANCE` pixels outside its
+    image, an ``area`` that is not a finite number >= 0, an ``iscrowd`` other than 0/1.
+
+    Skipped (named in the returned notes, which callers show as warnings): boxes of zero width or
+    height, which can be neither learned nor matched; they are removed from the returned dict.
+
+    Returns:
+        (clean copy of ``data``, notes).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object at the top, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{source}: missing or non-list key {key!r}")
+
+    category_ids: set[int] = set()
+    for k, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            raise ValueError(f"{source}: every category needs an integer 'id', got {cat!r} (category #{k})")
+        if cat["id"] in category_ids:
+            raise ValueError(f"{source}: category ids repeat: {sorted(c.get('id') for c in data['categories'])}")
+        category_ids.add(cat["id"])
+    if not category_ids:
+        raise ValueError(f"{source}: no categories")
+
+    images: dict[int, dict] = {}
+    for k, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or not _is_int(img.get("id")) or not isinstance(img.get("file_name"), str):
+            raise ValueError(f"{source}: every image needs an integer 'id' and a 'file_name', got {img!r} (image #{k})")
+        if img["id"] in images:
+            raise ValueError(f"{source}: image id {img['id']} appears twice")
+        for field in ("width", "height"):
+            if field in img and not (_is_int(img[field]) and img[field] > 0):
+                raise ValueError(f"{source}: image {img['id']} ({img['file_name']!r}) field {field!r} must be a positive integer, got {img[field]!r}")
+        images[img["id"]] = img
+
+    kept: list[dict] = []
+    seen: dict[int, int] = {}
+    zero_size: list[int] = []
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise ValueError(f"{source}: annotation #{k} is not an object: {ann!r}")
+        ann_id = ann.get("id")
+        if not _is_int(ann_id):
+            raise ValueError(f"{source}: annotation #{k} (0-based position) needs an integer field 'id', got {ann_id!r}")
+        where = f"{source}: annotation {ann_id}"
+        if ann_id in seen:
+            raise ValueError(
+                f"{where} appears twice (annotations #{seen[ann_id]} and #{k}); pycocotools indexes annotations by id, "
+                "so repeated ids corrupt the metrics: give every annotation its own 'id'"
+            )
+        seen[ann_id] = k
+        image_id = ann.get("image_id")
+        if not _is_int(image_id) or image_id not in images:
+            raise ValueError(f"{where} references image id {image_id!r}, which is not in 'images'")
+        category_id = ann.get("category_id")
+        if not _is_int(category_id) or category_id not in category_ids:
+            raise ValueError(f"{where} has category_id {category_id!r}, which is not in 'categories' {sorted(category_ids)}")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise ValueError(f"{where} needs 'bbox' as 4 finite numbers [x, y, w, h], got {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        if w < 0 or h < 0:
+            raise ValueError(f"{where} has a negative box size {bbox}")
+        img = images[image_id]
+        width, height = img.get("width"), img.get("height")
+        if width is not None and height is not None:
+            if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
+                raise ValueError(f"{where} box {bbox} lies outside image {img['file_name']!r} of size {width}x{height}")
+        if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+            raise ValueError(f"{where} field 'area' must be a finite number >= 0, got {ann['area']!r}")
+        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+            raise ValueError(f"{where} field 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+        if w == 0 or h == 0:
+            zero_size.append(ann_id)
+            continue
+        kept.append(ann)
+
+    notes = []
+    if zero_size:
+        shown = ", ".join(map(str, zero_size[:10])) + (f", ... ({len(zero_size)} in all)" if len(zero_size) > 10 else "")
+        notes.append(f"{source}: skipped {len(zero_size)} annotation(s) with a zero-width or zero-height box (ids {shown}); "
+                     "they are neither trained on nor counted by the metrics")
+    clean = dict(data)
+    clean["annotations"] = kept
+    return clean, notes
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format detection dataset.
 
@@ -92,62 +201,36 @@ class CocoDetection(torch.utils.data.Dataset):
             raise FileNotFoundError(f"images folder {str(self.images_dir)!r} does not exist")
         self.transforms = transforms
         self.keep_crowd = keep_crowd
-        self.coco = load_coco_json(self.annotations_file)
         where = f"annotations file {str(self.annotations_file)!r}"
+        self.coco, notes = validate_coco(load_coco_json(self.annotations_file), where)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
 
         categories = self.coco["categories"]
-        ids = []
-        for cat in categories:
-            if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
-                raise ValueError(f"{where}: every category needs an integer 'id', got {cat!r}")
-            ids.append(cat["id"])
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{where}: category ids repeat: {sorted(ids)}")
-        if not ids:
-            raise ValueError(f"{where}: no categories")
-        self.category_ids: list[int] = sorted(ids)
+        self.category_ids: list[int] = sorted(cat["id"] for cat in categories)
         self._label_of_category = {cid: label for label, cid in enumerate(self.category_ids)}
         names = {cat["id"]: str(cat.get("name", cat["id"])) for cat in categories}
         self.class_names: list[str] = [names[cid] for cid in self.category_ids]
 
-        self.images: list[dict] = []
-        by_id: dict[int, dict] = {}
-        for img in self.coco["images"]:
-            if not isinstance(img, dict) or not isinstance(img.get("id"), int) or not isinstance(img.get("file_name"), str):
-                raise ValueError(f"{where}: every image needs an integer 'id' and a 'file_name', got {img!r}")
-            if img["id"] in by_id:
-                raise ValueError(f"{where}: image id {img['id']} appears twice")
-            by_id[img["id"]] = img
-            self.images.append(img)
-
+        self.images: list[dict] = list(self.coco["images"])
         self._annotations: dict[int, list[dict]] = {img["id"]: [] for img in self.images}
         for ann in self.coco["annotations"]:
-            if not isinstance(ann, dict):
-                raise ValueError(f"{where}: annotation is not an object: {ann!r}")
-            ann_id = ann.get("id", "?")
-            image_id = ann.get("image_id")
-            if image_id not in by_id:
-                raise ValueError(f"{where}: annotation {ann_id} references image id {image_id!r}, which is not in 'images'")
-            if ann.get("category_id") not in self._label_of_category:
-                raise ValueError(
-                    f"{where}: annotation {ann_id} has category_id {ann.get('category_id')!r}, "
-                    f"which is not in 'categories' {self.category_ids}"
-                )
-            bbox = ann.get("bbox")
-            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-                raise ValueError(f"{where}: annotation {ann_id} needs 'bbox' as 4 numbers [x, y, w, h], got {bbox!r}")
-            x, y, w, h = (float(v) for v in bbox)
-            img = by_id[image_id]
-            width, height = img.get("width"), img.get("height")
-            if w < 0 or h < 0:
-                raise ValueError(f"{where}: annotation {ann_id} has a negative box size {bbox}")
-            if isinstance(width, (int, float)) and isinstance(height, (int, float)):
-                if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
-                    raise ValueError(
-                        f"{where}: annotation {ann_id} box {bbox} lies outside image {img['file_name']!r} "
-                        f"of size {width}x{height}"
-                    )
-            self._annotations[image_id].append(ann)
+            self._annotations[ann["image_id"]].append(ann)
+
+    @property
+    def num_usable_boxes(self) -> int:
+        """Annotations that can be trained on and matched: not crowd (zero-size ones are already gone)."""
+        return sum(1 for anns in self._annotations.values() for ann in anns if not ann.get("iscrowd", 0))
+
+    def usability_problem(self) -> str | None:
+        """Why this split cannot teach or measure anything (no images; no box that is not a crowd box), or None."""
+        if not self.images:
+            return f"{str(self.annotations_file)!r} lists no images"
+        if self.num_usable_boxes == 0:
+            crowd = sum(len(a) for a in self._annotations.values())
+            kind = f"all {crowd} annotations are crowd boxes (iscrowd=1)" if crowd else "there are no annotations"
+            return f"{str(self.annotations_file)!r} has {len(self.images)} images but {kind}: nothing to learn or to match"
+        return None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -175,20 +258,15 @@ class CocoDetection(torch.utils.data.Dataset):
         return self.images_dir / self.images[index]["file_name"]
 
     def load_image(self, index: int) -> Image.Image:
-        """Open image ``index`` as RGB; a missing, unreadable or mis-sized file raises naming the file."""
+        """Open image ``index`` as RGB (:func:`models.data.image_files.read_image`: EXIF orientation, 16-bit and
+        float images); a missing, unreadable or mis-sized file raises naming the file."""
         info = self.images[index]
         path = self.image_path(index)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {str(path)!r} (image id {info['id']}) does not exist")
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"image file {str(path)!r} (image id {info['id']}) cannot be read: {err}") from err
+        image = read_image(path)
         width, height = info.get("width"), info.get("height")
         if isinstance(width, int) and isinstance(height, int) and image.size != (width, height):
-            raise ValueError(
-                f"image file {str(path)!r} is {image.size[0]}x{image.size[1]} but "
+            raise ImageError(
+                f"image file {str(path)!r} (upright, after its EXIF orientation) is {image.size[0]}x{image.size[1]} but "
                 f"{str(self.annotations_file)!r} says {width}x{height}"
             )
         return image

@@ -286,6 +286,8 @@ def write_synthetic_coco(
     for split, count in splits.items():
         if not split or "/" in split or "\\" in split:
             raise ValueError(f"split names must be plain names, got {split!r}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"splits[{split!r}] must be a number of images >= 0, got {count!r}")
         images_dir = out / "images" / split
         images_dir.mkdir(parents=True, exist_ok=True)
         coco = _make_split(spec, seed, split, int(count), images_dir)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from models.data.coco import detections_to_coco, load_coco_json
+from models.data.coco import detections_to_coco, load_coco_json, validate_coco
+from models.data.image_files import ImageError
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of ``COCOeval.stats[0..11]`` in order."""
@@ -34,6 +37,10 @@ def _coco_from_dict(data: dict):
     return coco
 
 
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_detections(detections: Sequence[dict], image_ids: Iterable[int], category_ids: Iterable[int], source: str = "detections") -> None:
     """Raise ``ValueError`` naming ``source`` when a record is malformed or names an unknown image or category."""
     images, categories = set(image_ids), set(category_ids)
@@ -46,8 +53,10 @@ def check_detections(detections: Sequence[dict], image_ids: Iterable[int], categ
             if key not in det:
                 raise ValueError(f"{source}: record {k} lacks {key!r}: {det!r}")
         bbox = det["bbox"]
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise ValueError(f"{source}: record {k} needs 'bbox' as [x, y, w, h], got {bbox!r}")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+            raise ValueError(f"{source}: record {k} needs 'bbox' as [x, y, w, h] of finite numbers, got {bbox!r}")
+        if not _finite_number(det["score"]):
+            raise ValueError(f"{source}: record {k} needs 'score' as a finite number, got {det['score']!r}")
         if det["image_id"] not in images:
             raise ValueError(f"{source}: record {k} names image_id {det['image_id']!r}, which is not in the ground truth")
         if det["category_id"] not in categories:
@@ -67,9 +76,21 @@ def coco_metrics(ground_truth: dict | str | os.PathLike, detections: Sequence[di
     """
     from pycocotools.cocoeval import COCOeval
 
-    if not isinstance(ground_truth, dict):
-
+    if isinstance(ground_truth, dict):
+        source = "ground truth"
+    else:
+        source = f"annotations file {str(ground_truth)!r}"
         ground_truth = load_coco_json(ground_truth)
+    ground_truth, notes = validate_coco(ground_truth, source)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    if not ground_truth["images"]:
+        raise ValueError(f"{source} has no images: there is nothing to evaluate (an AP would be meaningless)")
+    if not any(not ann.get("iscrowd", 0) for ann in ground_truth["annotations"]):
+        warnings.warn(
+            f"{source} has {len(ground_truth['images'])} images but no box that is not a crowd box: every AP and AR is -1",
+            stacklevel=2,
+        )
     # pycocotools needs these keys even for box-only evaluation
     gt = dict(ground_truth)
     gt["annotations"] = [
@@ -106,6 +127,18 @@ def write_metrics(path: str | os.PathLike, metrics: dict, extra: dict | None = N
     os.replace(tmp, path)
 
 
+def _name_unusable_image(processor, images: Sequence, err: ValueError) -> None:
+    """Raise ``ImageError`` naming the image (its file when known) that ``processor`` cannot take."""
+    for k, image in enumerate(images):
+        try:
+            processor(images=[image], return_tensors="pt")
+        except ValueError as single:
+            name = image.info.get("path") if hasattr(image, "info") else None
+            label = f"image {name!r}" if name else f"image #{k} of the batch"
+            size = f" ({image.size[0]}x{image.size[1]})" if hasattr(image, "size") else ""
+            raise ImageError(f"{label}{size} cannot be processed: {single}") from err
+
+
 @torch.no_grad()
 def predict_images(
     model: torch.nn.Module,
@@ -124,7 +157,11 @@ def predict_images(
     """
     if len(images) == 0:
         return []
-    inputs = processor(images=list(images), return_tensors="pt")
+    try:
+        inputs = processor(images=list(images), return_tensors="pt")
+    except ValueError as err:
+        _name_unusable_image(processor, images, err)
+        raise
     device = torch.device(device)
     pixel_values = inputs["pixel_values"].to(device)
     pixel_mask = inputs["pixel_mask"].to(device) if "pixel_mask" in inputs else None

@@ -19,12 +19,17 @@ on CPUs). Only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import io
 import json
 import os
 import random
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, torch_load_file
 from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
 from models.data.coco import CocoDetection, resolve_split
 from models.ddetr.config import DeformableDetrConfig
@@ -45,7 +51,17 @@ from models.processing.image_processing import DeformableDetrImageProcessor
 STATE_FILE = "training_state.pt"
 MODEL_DIR = "model"
 METRICS_LINES = "metrics.jsonl"
-STATE_FORMAT = "deformable-detr-training-state/1"
+STATE_FORMAT = "deformable-detr-training-state/2"
+"""Version 2 holds only tensors and plain data (read with ``weights_only=True``); version 1 files held
+numpy arrays, which only a full (code-running) unpickling reads, and are refused."""
+
+RESUME_FREE = frozenset({
+    "data", "out", "resume", "progress", "num_workers", "device", "epochs", "eval_every", "eval_batch_size",
+    "find_unused_parameters", "allow_change",
+})
+"""``TrainingArgs`` fields a resumed run may change freely (paths, speed, logging, and a longer or shorter run)."""
+RESUME_FIXED = frozenset({"train_backbone_stem"})
+"""Fields that can never change on resume (the optimizer's parameter groups depend on them)."""
 
 LINEAR_PROJ_NAMES = ("sampling_offsets", "reference_points")
 BACKBONE_NAMES = ("backbone",)
@@ -85,6 +101,8 @@ class TrainingArgs:
     progress: bool = True
     train_backbone_stem: bool = False
     find_unused_parameters: bool = False
+    allow_change: tuple[str, ...] = ()
+    """Settings that ``resume`` may change from the checkpoint's (every other difference is an error)."""
 
     def validate(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -102,6 +120,11 @@ class TrainingArgs:
             raise ValueError(f"amp must be one of auto, off, bf16, fp16; got {self.amp!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch}")
+        names = {f.name for f in dataclasses.fields(self)}
+        for name in self.allow_change:
+            if name not in names or name in RESUME_FREE or name in RESUME_FIXED:
+                changeable = sorted(names - RESUME_FREE - RESUME_FIXED)
+                raise ValueError(f"allow_change: {name!r} is not a setting that needs permission to change; choose from {changeable}")
 
 
 # ------------------------------------------------------------------------------------ distributed
@@ -223,15 +246,48 @@ class AugmentedDataset(torch.utils.data.Dataset):
         return self.transforms(image, target, rng)
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped and the last checkpoint is intact."""
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike):
+    """Re-raise a failed write inside the block as an ``OSError`` that names ``path`` and keeps its errno.
+
+    Python's own write errors (a full disk) carry no file name, and safetensors reports them as its
+    own error type with the errno only in the text.
+    """
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    except Exception as err:  # safetensors: "I/O error: No space left on device (os error 28)"
+        found = re.search(r"os error (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``.
+
+    The object is serialised in memory first, so a full disk shows up as an ``OSError`` (ENOSPC) naming
+    ``path`` and never as a half-written archive; the old ``path`` is untouched until the rename.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with naming_write_errors(path):
+            with open(tmp, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -243,52 +299,235 @@ def make_processor(image_size: int, max_size: int):
     return DeformableDetrImageProcessor(size={"shortest_edge": int(image_size), "longest_edge": int(max_size)})
 
 
+def _swap_names(directory: Path) -> tuple[Path, Path, Path]:
+    """The staging folders of ``directory``: being written, complete and ready, the replaced one."""
+    return (directory.with_name(f".{directory.name}.tmp"), directory.with_name(f".{directory.name}.new"),
+            directory.with_name(f".{directory.name}.old"))
+
+
 def export_model(model: torch.nn.Module, processor, directory: Path) -> None:
-    """``save_pretrained`` of the model and the processor into ``directory``, replacing it only once complete."""
+    """``save_pretrained`` of the model and the processor into ``directory``, replacing it only once complete.
+
+    Steps (each a rename, so a crash at any point leaves something :func:`recover_model_dir` can
+    finish or roll back): write ``.NAME.tmp``; rename it to ``.NAME.new`` (complete); rename
+    ``NAME`` to ``.NAME.old``; rename ``.NAME.new`` to ``NAME``; delete ``.NAME.old``.
+    """
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    old = directory.with_name(f".{directory.name}.old{os.getpid()}")
+    tmp, new, old = _swap_names(directory)
+    for stale in (tmp, new):
+        if stale.exists():
+            shutil.rmtree(stale)
+    with naming_write_errors(tmp):
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    os.replace(tmp, new)
+    _finish_swap(directory)
+
+
+def _finish_swap(directory: Path) -> None:
+    tmp, new, old = _swap_names(directory)
     if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
         os.replace(directory, old)
-    os.replace(tmp, directory)
+    os.replace(new, directory)
     if old.exists():
         shutil.rmtree(old)
 
 
+def recover_model_dir(directory: str | os.PathLike) -> str | None:
+    """Finish or roll back a model-folder swap that a crash interrupted; delete its stale staging folders.
+
+    A complete ``.NAME.new`` is moved into place (the training state was saved before it, so it is the
+    newer model); otherwise a lone ``.NAME.old`` is moved back. Returns what was done, or None.
+    """
+    directory = Path(directory)
+    tmp, new, old = _swap_names(directory)
+    done = None
+    if new.is_dir():
+        _finish_swap(directory)
+        done = f"finished an interrupted replacement of {str(directory)!r}"
+    elif not directory.exists() and old.is_dir():
+        os.replace(old, directory)
+        done = f"rolled back an interrupted replacement of {str(directory)!r}"
+    stale = [tmp, old, *directory.parent.glob(f".{directory.name}.tmp*"), *directory.parent.glob(f".{directory.name}.old*")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+    return done
+
+
+def recover_run_dir(out: str | os.PathLike) -> list[str]:
+    """Make a run folder consistent before training writes to it again (rank 0, at the start of ``train``).
+
+    Finishes or rolls back an interrupted ``model/`` swap, and deletes the temporary files of writes
+    that were killed (``.training_state.pt.tmp*``, ``metrics.json.tmp``). Returns what was done.
+    """
+    out = Path(out)
+    notes = []
+    done = recover_model_dir(out / MODEL_DIR)
+    if done:
+        notes.append(done)
+    for stale in (*out.glob(f".{STATE_FILE}.tmp*"), out / "metrics.json.tmp", *out.glob(".write-test-*")):
+        if stale.is_file():
+            stale.unlink()
+            notes.append(f"deleted {str(stale)!r}, left by an interrupted write")
+    return notes
+
+
+def reconcile_metrics(out: str | os.PathLike, state: dict) -> None:
+    """Make ``metrics.jsonl`` and ``metrics.json`` agree with the training state being resumed.
+
+    Lines of epochs after the state's (a crash after they were written but before the state was),
+    and a half-written last line, are dropped; the state's own epoch line is added when a crash lost
+    it; ``metrics.json`` is rewritten from the state when it belongs to another epoch.
+    """
+    out = Path(out)
+    epoch = int(state["epoch"])
+    lines_file = out / METRICS_LINES
+    kept: list[str] = []
+    if lines_file.is_file():
+        for text in lines_file.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch:
+                kept.append(json.dumps(record))
+    line = state.get("metrics_line")
+    if line is not None and not any(json.loads(text)["epoch"] == epoch for text in kept):
+        kept.append(json.dumps(line))
+    with naming_write_errors(lines_file):
+        tmp = lines_file.with_name(f".{lines_file.name}.tmp")
+        tmp.write_text("".join(text + "\n" for text in kept), encoding="utf-8")
+        os.replace(tmp, lines_file)
+    evaluation = state.get("evaluation")
+    if evaluation is not None:
+        current = None
+        if (out / "metrics.json").is_file():
+            try:
+                current = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                current = None
+        if not isinstance(current, dict) or current.get("epoch") != evaluation.get("epoch"):
+            write_metrics(out / "metrics.json", {k: v for k, v in evaluation.items()})
+
+
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random state, as tensors and plain data only (readable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    version, internal, gauss_next = random.getstate()
+    state = {"python": [int(version), list(internal), gauss_next], "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_training_state(path: str | os.PathLike) -> dict:
-    """Read a ``training_state.pt`` (``path`` may also be the run's output folder)."""
+    """Read a ``training_state.pt`` (``path`` may also be the run's output folder).
+
+    The file is read with ``weights_only=True``: it may hold tensors and plain data only, so a crafted
+    file cannot run code. A file that holds other Python objects is refused, as is a corrupt one.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no training state at {str(path)!r} (expected the {STATE_FILE} a training run writes)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"training state {str(path)!r} cannot be read: {err}") from err
+        state = torch_load_file(path, "training state")
+    except UntrustedPickleError as err:
+        what = f" ({err.global_name})" if err.global_name else ""
+        raise ValueError(
+            f"training state {str(path)!r} holds Python objects{what} besides tensors and plain data; it is refused because "
+            f"loading it could run code (states written by this library, format {STATE_FORMAT!r}, never do)"
+        ) from err
+    except CorruptCheckpointError as err:
+        raise ValueError(f"training state {err}") from err
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a training state written by this library (format {STATE_FORMAT!r})")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ValueError(
+            f"{str(path)!r} is not a training state this version reads (format {found!r}, expected {STATE_FORMAT!r})"
+        )
     state["path"] = str(path)
     return state
+
+
+def _plain_args(args: TrainingArgs) -> dict:
+    """``args`` as plain data (lists, not tuples), as stored in the state and ``train_args.json``."""
+    record = dataclasses.asdict(args)
+    record["allow_change"] = list(args.allow_change)
+    return record
+
+
+def _prepare_out_dir(out: Path) -> None:
+    """Create the output folder and prove it writable before any long work (``OSError`` naming it if not)."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the output folder is a file", str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".write-test-{os.getpid()}"
+    with naming_write_errors(probe):
+        probe.write_bytes(b"ok")
+    probe.unlink()
+
+
+def check_resume_settings(args: TrainingArgs, state: dict) -> dict[str, tuple]:
+    """The settings of ``args`` that differ from the checkpoint's, all of them allowed by ``args.allow_change``.
+
+    Raises ``ValueError`` naming every difference that is not allowed (and any change of
+    :data:`RESUME_FIXED`); :data:`RESUME_FREE` fields may always differ. Returns
+    ``{name: (checkpoint value, this run's value)}``.
+    """
+    saved = state.get("train_args", {})
+    current = _plain_args(args)
+    where = f"--resume {state['path']!r}"
+    for name in sorted(RESUME_FIXED):
+        if name in saved and saved[name] != current[name]:
+            raise ValueError(
+                f"{where}: the checkpoint was trained with {name}={saved[name]}, this run asks for {current[name]}; "
+                "resume with the same setting"
+            )
+    differ = {name: (saved[name], current[name]) for name in sorted(current)
+              if name not in RESUME_FREE and name in saved and saved[name] != current[name]}
+    refused = [name for name in differ if name not in args.allow_change]
+    if refused:
+        listed = "; ".join(f"{name}: checkpoint {differ[name][0]!r}, now {differ[name][1]!r}" for name in refused)
+        raise ValueError(
+            f"{where}: this run's settings differ from the checkpoint's ({listed}); resume with the same settings "
+            f"(e.g. the same --preset and flags), or allow each change by name with --allow-change {' '.join(refused)}"
+        )
+    return differ
+
+
+def _apply_rate_changes(optimizer: torch.optim.Optimizer, scheduler, args: TrainingArgs, epoch: int) -> None:
+    """Put this run's learning rates, weight decay and lr-drop period into a restored optimizer and scheduler,
+    as if the run had used them from the start (the decay steps already taken are kept)."""
+    rates = {"main": args.lr, "backbone": args.lr_backbone, "linear_proj": args.lr * args.lr_linear_proj_mult}
+    factor = 1.0
+    if scheduler is not None:
+        scheduler.step_size = max(1, args.lr_drop)
+        scheduler.last_epoch = epoch
+        factor = scheduler.gamma ** (epoch // scheduler.step_size)
+    for group in optimizer.param_groups:
+        base = rates[group["name"]]
+        group["initial_lr"] = base
+        group["lr"] = base * factor
+        group["weight_decay"] = args.weight_decay
+    if scheduler is not None:
+        scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _config_difference(a: dict, b: dict) -> list[str]:
@@ -351,7 +590,9 @@ def train(args: TrainingArgs, config=None) -> dict:
     info = init_distributed(args.device)
     out = Path(args.out)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        _prepare_out_dir(out)
+        for note in recover_run_dir(out):
+            _log(info, note)
 
     train_base = CocoDetection(*resolve_split(args.data, args.train_split))
     val_set = CocoDetection(*resolve_split(args.data, args.val_split))
@@ -360,8 +601,17 @@ def train(args: TrainingArgs, config=None) -> dict:
             f"the {args.train_split!r} and {args.val_split!r} splits of {args.data!r} have different categories: "
             f"{train_base.category_ids} vs {val_set.category_ids}"
         )
+    problem = train_base.usability_problem()
+    if problem is not None:
+        raise ValueError(f"training split {args.train_split!r} cannot be trained on: {problem}")
+    problem = val_set.usability_problem()
+    if problem is not None:
+        if not val_set.images:
+            raise ValueError(f"validation split {args.val_split!r} cannot be evaluated: {problem}")
+        warnings.warn(f"validation split {args.val_split!r}: {problem}; every AP and AR will be -1", stacklevel=2)
 
     state = load_training_state(args.resume) if args.resume else None
+    changed: dict[str, tuple] = {}
     if state is not None:
         saved = DeformableDetrConfig.from_dict(state["config"])
         if config is not None:
@@ -374,6 +624,7 @@ def train(args: TrainingArgs, config=None) -> dict:
             raise ValueError(
                 f"--resume {state['path']!r}: the checkpoint has {config.num_labels} classes but {args.data!r} has {train_base.num_classes}"
             )
+        changed = check_resume_settings(args, state)
     else:
         config = DeformableDetrConfig() if config is None else config
         id2label = train_base.id2label
@@ -401,12 +652,6 @@ def train(args: TrainingArgs, config=None) -> dict:
             model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise ValueError(f"--resume {state['path']!r}: weights do not fit the model: {err}") from err
-        saved_stem = state.get("train_args", {}).get("train_backbone_stem", False)
-        if saved_stem != args.train_backbone_stem:
-            raise ValueError(
-                f"--resume {state['path']!r}: the checkpoint was trained with train_backbone_stem={saved_stem}, "
-                f"this run asks for {args.train_backbone_stem}; resume with the same setting"
-            )
         try:
             optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:
@@ -416,7 +661,13 @@ def train(args: TrainingArgs, config=None) -> dict:
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        if changed.keys() & {"lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "lr_drop"}:
+            _apply_rate_changes(optimizer, scheduler, args, start_epoch)
         _log(info, f"resumed from {state['path']} at epoch {start_epoch}, step {step}")
+        for name, (before, after) in changed.items():
+            _log(info, f"resume: {name} changed from {before!r} to {after!r} (allowed by allow_change)")
+        if info.is_main:
+            reconcile_metrics(out, state)
 
     if args.multiscale:
         transforms = train_transforms(**recipe_for_size(args.image_size, args.max_size), flip=args.flip)
@@ -442,9 +693,11 @@ def train(args: TrainingArgs, config=None) -> dict:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=args.find_unused_parameters)
 
     processor = make_processor(args.image_size, args.max_size)
+    evaluation: dict | None = state.get("evaluation") if state is not None else None
     if info.is_main:
-        record = {"train_args": dataclasses.asdict(args), "world_size": info.world_size}
-        (out / "train_args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        record = {"train_args": _plain_args(args), "world_size": info.world_size}
+        with naming_write_errors(out / "train_args.json"):
+            (out / "train_args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     if state is not None:
         _set_rng_state(state["rng"])
     else:
@@ -471,7 +724,7 @@ def train(args: TrainingArgs, config=None) -> dict:
                 outputs = net(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
             loss = outputs.loss
             if not torch.isfinite(loss):
-                raise FloatingPointError(
+                raise TrainingDiverged(
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: stopping (the last checkpoint in {str(out)!r} is intact)"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -496,12 +749,18 @@ def train(args: TrainingArgs, config=None) -> dict:
         line = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_time_s": round(time.time() - started, 2)}
         line.update({f"train_{key}": round(value, 6) for key, value in averages.items()})
 
+        evaluated = False
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             metrics, summary, _ = evaluate(net, val_set, processor, info, args.eval_batch_size, autocast_dtype, args.progress)
+            evaluated = True
             if info.is_main:
                 line.update({key: round(value, 6) for key, value in metrics.items()})
 
         if info.is_main:
+            if evaluated:
+                evaluation = {**metrics, "epoch": epoch + 1, "step": step, "split": args.val_split}
+            # order: the state (with this epoch's records) first, then what it lets recover_run_dir and
+            # reconcile_metrics redo after a crash: the model folder, the metrics files
             atomic_torch_save(
                 {
                     "format": STATE_FORMAT,
@@ -512,17 +771,19 @@ def train(args: TrainingArgs, config=None) -> dict:
                     "epoch": epoch + 1,
                     "step": step,
                     "config": config.to_dict(),
-                    "train_args": dataclasses.asdict(args),
+                    "train_args": _plain_args(args),
                     "rng": _rng_state(),
+                    "metrics_line": line,
+                    "evaluation": evaluation,
                 },
                 out / STATE_FILE,
             )
             export_model(model, processor, out / MODEL_DIR)
-            with open(out / METRICS_LINES, "a", encoding="utf-8") as handle:
+            with naming_write_errors(out / METRICS_LINES), open(out / METRICS_LINES, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line) + "\n")
-            if metrics is not None:
-
-                write_metrics(out / "metrics.json", metrics, {"epoch": epoch + 1, "step": step, "split": args.val_split})
+            if evaluated:
+                with naming_write_errors(out / "metrics.json"):
+                    write_metrics(out / "metrics.json", evaluation)
             shown = f"epoch {epoch + 1}/{args.epochs} step {step} loss {averages.get('loss', float('nan')):.4f} lr {lr_now:.2e}"
             if "AP" in line:
                 shown += f" | AP {line['AP']:.3f} AP50 {line['AP50']:.3f}"
