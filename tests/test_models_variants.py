@@ -46,15 +46,16 @@ def test_factories_build_the_variant_and_run(factory, levels, strides, refine, t
     assert out["logits"] is out.logits and out.to_tuple()[0] is out.logits and "loss" not in out
 
 
-def test_outputs_support_hidden_states_and_reject_attentions():
+def test_outputs_support_hidden_states_and_attentions():
     model = models.deformable_detr(**SMALL).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64), output_hidden_states=True)
     assert len(out.encoder_hidden_states) == SMALL["encoder_layers"] + 1
     assert len(out.decoder_hidden_states) == SMALL["decoder_layers"] + 1
     torch.testing.assert_close(out.decoder_hidden_states[-1], out.last_hidden_state)
-    with pytest.raises(ValueError, match="output_attentions"):
-        model(torch.randn(1, 3, 64, 64), output_attentions=True)
+    with torch.no_grad():  # attention weights are returned since issue 16 (tests/test_hf_flows.py checks them)
+        attended = model(torch.randn(1, 3, 64, 64), output_attentions=True)
+    assert len(attended.encoder_attentions) == SMALL["encoder_layers"] and len(attended.cross_attentions) == SMALL["decoder_layers"]
     with pytest.raises(ValueError, match="pixel_values"):
         model(torch.randn(1, 4, 64, 64))
     with pytest.raises(ValueError, match="pixel_mask"):

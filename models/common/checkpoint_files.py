@@ -12,9 +12,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import pickle
+import re
 import warnings
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,25 +54,72 @@ class LoadReport:
         return "; ".join(parts) if parts else "all keys matched"
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that is truncated, damaged or not of the kind its name says; the message names it."""
+
+
+class UntrustedPickleError(RuntimeError):
+    """A pickled checkpoint that holds Python objects besides tensors and plain data: loading it could run code.
+
+    ``path`` is the file and ``global_name`` the first such object (e.g. ``"builtins.print"``) when known.
+    """
+
+    def __init__(self, path: str, global_name: str | None) -> None:
+        self.path, self.global_name = path, global_name
+        what = f" ({global_name})" if global_name else ""
+        super().__init__(
+            f"{path!r} holds Python objects besides tensors{what}, and loading it could run code; "
+            "load it only if you trust the file: trust_pickle=True (command line: --trust-pickle)"
+        )
+
+
+def _short(error: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    text = " ".join(text.split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(error).__name__)
+
+
+def torch_load_file(path: str | os.PathLike, what: str, trust_pickle: bool = False, safe: Sequence[Any] = ()) -> Any:
+    """``torch.load`` of a file with errors that name it and say what is wrong.
+
+    Read with ``weights_only=True`` (plus the ``safe`` classes); with ``trust_pickle=True`` a file that
+    needs other Python objects is then read in full.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        UntrustedPickleError: the file needs Python objects besides tensors and ``trust_pickle`` is False.
+        CorruptCheckpointError: the file is truncated, damaged, or not a torch file (``what`` says what
+            it should be, e.g. "original-repository checkpoint").
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, f"no {what} file", path)
+    try:
+        with torch.serialization.safe_globals(list(safe)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise CorruptCheckpointError(f"{path!r} is not a readable {what}: corrupt or not a torch file ({_short(error)})") from error
+        if not trust_pickle:
+            raise UntrustedPickleError(path, found.group(1)) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CorruptCheckpointError(f"{path!r} is not a readable {what}: corrupt or truncated ({_short(error)})") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CorruptCheckpointError(f"{path!r} is not a readable {what}: corrupt or truncated ({_short(error)})") from error
+
+
 def read_original_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
     """Load an original-repository ``.pth``: returns (state dict, ``args`` or None).
 
     The file is read with ``weights_only=True`` (allowing ``argparse.Namespace``); a file needing
     other Python objects loads only with ``trust_pickle=True`` (it can run code: trusted files only).
+    See :func:`torch_load_file` for the errors.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file at {path!r}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        if not trust_pickle:
-            raise RuntimeError(
-                f"{path} holds Python objects that weights_only loading refuses ({error}); if you trust the file, "
-                "pass trust_pickle=True"
-            ) from error
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch_load_file(path, "original-repository checkpoint", trust_pickle=trust_pickle, safe=[argparse.Namespace])
     if isinstance(checkpoint, Mapping) and "model" in checkpoint:
         return dict(checkpoint["model"]), checkpoint.get("args")
     if isinstance(checkpoint, Mapping) and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
@@ -83,9 +134,15 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     safetensors_path = os.path.join(directory, SAFETENSORS_NAME)
     pytorch_path = os.path.join(directory, PYTORCH_NAME)
     if os.path.isfile(safetensors_path):
-        return load_file(safetensors_path)
+        try:
+            return load_file(safetensors_path)
+        except Exception as error:  # safetensors' own error type, or an OSError
+            raise CorruptCheckpointError(f"{safetensors_path!r} is not a readable safetensors file: corrupt or truncated ({_short(error)})") from error
     if os.path.isfile(pytorch_path):
-        return torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        state = torch_load_file(pytorch_path, "PyTorch weights file")
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CorruptCheckpointError(f"{pytorch_path!r} does not hold a state dict (a mapping of names to tensors)")
+        return dict(state)
     present = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     raise FileNotFoundError(f"{directory!r} holds neither {SAFETENSORS_NAME} nor {PYTORCH_NAME} (found: {present}); sharded checkpoints are not supported")
 
@@ -158,7 +215,7 @@ def load_state_dict_into(
       (e.g. a head that a family registers twice); None keeps the key as it is.
     """
     report = LoadReport(unmapped_keys=list(unmapped_keys or []))
-    own = model.state_dict()
+    own = model.state_dict(keep_vars=True)  # every name, also those a model lists once in state_dict()
     incoming = dict(state_dict)
 
     for names in _shared_groups(model):
@@ -176,6 +233,12 @@ def load_state_dict_into(
             del incoming[key]
 
     head = own.get(num_labels_from)
+    if head is not None and num_labels_from in incoming and incoming[num_labels_from].shape[1:] != head.shape[1:]:
+        raise ValueError(
+            f"the checkpoint's class head takes {tuple(incoming[num_labels_from].shape[1:])} features per query but this "
+            f"model's takes {tuple(head.shape[1:])} (the hidden size, d_model, differs): the checkpoint was trained as another "
+            "variant; load it with its own config"
+        )
     if head is not None and num_labels_from in incoming and incoming[num_labels_from].shape != head.shape:
         if not ignore_mismatched_sizes:
             raise ValueError(

@@ -19,7 +19,9 @@ from torch import nn
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderOutput
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderOutput
 from models.backbones import BackboneWithPositions
+from models.common.attentions import record_attentions
 from models.common.multi_scale import MultiScaleFeatures, check_pixels, multi_scale_features
+from models.common.outputs import resolve_output_flags
 
 QUERY_SELECTION = "query_selection"
 
@@ -196,24 +198,57 @@ class DeformableTransformerModel(nn.Module):
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> Any:
         """Args:
             pixel_values: ``[B, C, H, W]`` normalized images (padded to one size).
             pixel_mask: ``[B, H, W]``, 1 on real pixels and 0 on padding; None = no padding.
             output_hidden_states: also return every encoder and decoder layer's input/output.
-            output_attentions: not supported (the fused attention does not materialise weights).
-            return_dict: accepted for compatibility; the output is always ``output_class``
-                (use ``.to_tuple()`` for a tuple).
+            output_attentions: also return the attention weights of every layer:
+                ``encoder_attentions`` ``[B, S, M, L, P]``, ``decoder_attentions`` ``[B, M, Q, Q]``
+                (self-attention), ``cross_attentions`` ``[B, Q, M, L, P]`` (M heads, L levels,
+                P points). Recorded with hooks only when asked.
+            return_dict: False returns ``to_tuple()`` of the output (the fields that are set, in order).
+            Each switch left None is read from ``self.config`` when the model has one.
 
         Returns:
-            ``output_class`` built from ``output_fields``: ``init_reference_points``,
-            ``last_hidden_state``, ``intermediate_hidden_states``, ``intermediate_reference_points``,
-            ``decoder_hidden_states``, ``encoder_last_hidden_state``, ``encoder_hidden_states``,
-            ``enc_outputs_class``, ``enc_outputs_coord_logits``.
+            ``output_class`` with ``init_reference_points``, ``last_hidden_state``,
+            ``intermediate_hidden_states``, ``intermediate_reference_points``,
+            ``decoder_hidden_states``, ``decoder_attentions``, ``cross_attentions``,
+            ``encoder_last_hidden_state``, ``encoder_hidden_states``, ``encoder_attentions``,
+            ``enc_outputs_class``, ``enc_outputs_coord_logits`` (or their tuple).
         """
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            getattr(self, "config", None), output_attentions, output_hidden_states, return_dict
+        )
+        pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
         if output_attentions:
-            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
-        return self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states))
+            with record_attentions(self.encoder.layers, self.decoder.layers) as recorded:
+                output = self._run(pixel_values, pixel_mask, output_hidden_states)
+            output.encoder_attentions = tuple(recorded.encoder)
+            output.decoder_attentions = tuple(recorded.decoder_self)
+            output.cross_attentions = tuple(recorded.cross)
+        else:
+            output = self._run(pixel_values, pixel_mask, output_hidden_states)
+        return output if return_dict else output.to_tuple()
+
+    def _run(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_hidden_states: bool) -> Any:
+        """The four steps; returns ``output_class`` (attention fields unset)."""
+        features = self.multi_scale_features(pixel_values, pixel_mask)
+        encoded = self.encode(features, output_hidden_states)
+        memory = encoded.last_hidden_state
+        queries = self.select_queries(memory, features)
+        decoded = self.decode(queries, memory, features, output_hidden_states)
+        return self.output_class(
+            init_reference_points=queries.reference_points,
+            last_hidden_state=decoded.last_hidden_state,
+            intermediate_hidden_states=decoded.intermediate_hidden_states,
+            intermediate_reference_points=decoded.intermediate_reference_points,
+            decoder_hidden_states=decoded.hidden_states,
+            encoder_last_hidden_state=memory,
+            encoder_hidden_states=encoded.hidden_states,
+            enc_outputs_class=queries.enc_outputs_class,
+            enc_outputs_coord_logits=queries.enc_outputs_coord_logits,
+        )

@@ -74,6 +74,23 @@ class DetectionFields:
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
 
 
+def resolve_output_flags(
+    config: Any, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+) -> tuple[bool, bool, bool]:
+    """The call's output switches, each None one taken from ``config`` (its ``output_attentions``,
+    ``output_hidden_states``, ``use_return_dict``; defaults False, False, True), as in ``transformers``."""
+    if output_attentions is None:
+        output_attentions = bool(getattr(config, "output_attentions", False))
+    if output_hidden_states is None:
+        output_hidden_states = bool(getattr(config, "output_hidden_states", False))
+    if return_dict is None:
+        return_dict = bool(getattr(config, "use_return_dict", getattr(config, "return_dict", True)))
+    for name, value in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states), ("return_dict", return_dict)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool or None, got {value!r}")
+    return output_attentions, output_hidden_states, return_dict
+
+
 def register_output(cls: type) -> type:
     """Register a output dataclass as a pytree node; returns ``cls`` (usable as a decorator)."""
     names = [field.name for field in dataclasses.fields(cls)]

@@ -32,9 +32,15 @@ _IGNORED_BASE_KEYS = frozenset(
         "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
         "sep_token_id", "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss",
         "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k", "top_p", "torchscript",
-        "typical_p", "use_bfloat16", "output_attentions", "output_hidden_states", "return_dict",
+        "typical_p", "use_bfloat16",
     }
 )
+
+# Hugging Face attribute aliases: reading or writing the alias reads or writes the field.
+ATTRIBUTE_MAP = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}
+
+# Output switches every Hugging Face config carries; forward reads them when the call does not pass them.
+OUTPUT_FLAGS = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
 
 
 def default_backbone_kwargs(dilation: bool, num_feature_levels: int, num_channels: int) -> dict[str, Any]:
@@ -86,9 +92,15 @@ class DeformableDetrConfig:
         two_stage, two_stage_num_proposals, with_box_refine: variant switches.
         disable_custom_kernels: run the pure-PyTorch attention (for ONNX export).
         num_labels / id2label / label2id: classes of the detection head (default 2, like transformers).
+        output_attentions, output_hidden_states, return_dict: what ``forward`` returns when the
+            call does not say (defaults False, False, True); ``use_return_dict`` reads ``return_dict``.
+        hidden_size, num_attention_heads: aliases of ``d_model`` and ``encoder_attention_heads``
+            (as keyword arguments, and as attributes to read and write); an alias given as a
+            keyword wins over the field, as in ``transformers``.
     """
 
     model_type = MODEL_TYPE
+    attribute_map = ATTRIBUTE_MAP
 
     def __init__(
         self,
@@ -138,8 +150,15 @@ class DeformableDetrConfig:
         num_labels: int | None = None,
         id2label: dict | None = None,
         label2id: dict | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
         **kwargs: Any,
     ) -> None:
+        if "hidden_size" in kwargs:
+            d_model = kwargs.pop("hidden_size")
+        if "num_attention_heads" in kwargs:
+            encoder_attention_heads = kwargs.pop("num_attention_heads")
         if not use_timm_backbone and backbone in (None, "resnet50") and backbone_config is None:
             # transformers' default for its own (AutoBackbone) ResNet: a ResNet-50, last stage only
             backbone, backbone_config = None, {"model_type": "resnet", "out_features": ["stage4"]}
@@ -191,10 +210,13 @@ class DeformableDetrConfig:
         self.eos_coefficient = eos_coefficient
         self.focal_alpha = focal_alpha
         self.disable_custom_kernels = disable_custom_kernels
+        self.output_attentions = output_attentions
+        self.output_hidden_states = output_hidden_states
+        self.return_dict = return_dict
         self._set_labels(num_labels, id2label, label2id)
         self.extra: dict[str, Any] = {}
         for key, value in kwargs.items():
-            if key in ("model_type", "hidden_size", "num_attention_heads"):
+            if key in ("model_type", "use_return_dict"):
                 continue
             if key in _IGNORED_BASE_KEYS:
                 continue
@@ -238,11 +260,26 @@ class DeformableDetrConfig:
 
     @property
     def hidden_size(self) -> int:
+        """Alias of ``d_model`` (read and write)."""
         return self.d_model
+
+    @hidden_size.setter
+    def hidden_size(self, value: int) -> None:
+        self.d_model = value
 
     @property
     def num_attention_heads(self) -> int:
+        """Alias of ``encoder_attention_heads`` (read and write)."""
         return self.encoder_attention_heads
+
+    @num_attention_heads.setter
+    def num_attention_heads(self, value: int) -> None:
+        self.encoder_attention_heads = value
+
+    @property
+    def use_return_dict(self) -> bool:
+        """Whether ``forward`` returns an output object by default (``return_dict``)."""
+        return bool(self.return_dict)
 
     @property
     def num_backbone_levels(self) -> int:
@@ -286,7 +323,7 @@ class DeformableDetrConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         for name in ("use_timm_backbone", "use_pretrained_backbone", "dilation", "two_stage", "with_box_refine",
-                     "auxiliary_loss", "disable_custom_kernels"):
+                     "auxiliary_loss", "disable_custom_kernels", "output_attentions", "output_hidden_states", "return_dict"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.d_model % self.encoder_attention_heads != 0:
@@ -365,15 +402,45 @@ class DeformableDetrConfig:
             return cls.from_dict(json.load(handle), **overrides)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "DeformableDetrConfig":
-        """Read ``config.json`` from a local directory (or a JSON file path). No network access."""
-        path = os.fspath(path)
-        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
-                f"no config.json at {path!r}: from_pretrained reads a local directory in the Hugging Face layout "
-                "(download it first, e.g. with `huggingface-cli download SenseTime/deformable-detr --local-dir DIR`)"
+    def field_names(cls) -> frozenset[str]:
+        """Names ``from_pretrained`` may override: the arguments, their aliases, the base keys."""
+        import inspect
+
+        names = {name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")}
+        return frozenset(names | set(ATTRIBUTE_MAP) | set(_IGNORED_BASE_KEYS))
+
+    @classmethod
+    def from_transformers(cls, config: Any) -> "DeformableDetrConfig":
+        """Convert a ``transformers.DeformableDetrConfig`` (or return ours unchanged).
+
+        Raises ``TypeError`` naming the type for anything else (another model type included).
+        """
+        if isinstance(config, DeformableDetrConfig):
+            return config
+        model_type = getattr(config, "model_type", None)
+        if not hasattr(config, "to_dict") or model_type != MODEL_TYPE:
+            raise TypeError(
+                f"config must be a models.DeformableDetrConfig or a transformers DeformableDetrConfig, got "
+                f"{type(config).__module__}.{type(config).__name__} (model_type {model_type!r})"
             )
+        data = {key: value for key, value in config.to_dict().items() if key not in ("dtype", "torch_dtype", "transformers_version")}
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "DeformableDetrConfig":
+        """Read ``config.json`` from a local directory, a JSON file path, or a Hugging Face Hub
+        repo id (through ``huggingface_hub`` and its cache; ``revision``, ``cache_dir``,
+        ``local_files_only``, ``token``, ``force_download``, ``subfolder`` and ``HF_HUB_OFFLINE``
+        are honoured). Other keywords override config fields."""
+        from models.common.hub import HubOptions, resolve_file
+        from models.common.pretrained import HUB_OPTIONS
+
+        path = os.fspath(path)
+        hub = HubOptions(**{name: overrides.pop(name) for name in HUB_OPTIONS if name in overrides})
+        if os.path.isfile(path):
+            file = path
+        else:
+            file = resolve_file(path, "config.json", hub)
         return cls.from_json_file(file, **overrides)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
