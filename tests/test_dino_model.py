@@ -150,3 +150,12 @@ def test_factories(factory, levels):
     with torch.no_grad():
         out = model(torch.randn(1, 3, 128, 128))
     assert out.logits.shape == (1, 5, 91) and out.pred_boxes.shape == (1, 5, 4)
+
+
+def test_docs_page_runs():
+    from tests.doc_examples import DOCS, run_page
+
+    namespace = run_page(DOCS / "dino.md")
+    assert namespace["outputs"].logits.shape == (1, 900, 91)
+    assert torch.isfinite(namespace["out"].loss)
+    assert namespace["again"].config == namespace["model"].config
