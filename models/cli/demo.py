@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from models.cli.detect import detect_images
-from models.cli.errors import CliError, check_output_dir
-from models.cli.loading import load_detector, resolve_device
+from models.cli.errors import CliError
+from models.cli.loading import DEMO_CHECKPOINT_DIR, DEMO_CHECKPOINT_NAME, load_detector, resolve_device
 from models.data.coco import CocoDetection
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.ddetr.config import DeformableDetrConfig
@@ -81,7 +81,8 @@ at 64-pixel images with flips only (no multi-scale resize or crop, which would s
 few pixels); because the whole network starts from random weights, the backbone (stem and first stage
 included) trains at the same rate as the rest, and the rate is 4e-4 for this small model and batch."""
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "demo_checkpoint"
+CHECKPOINT_DIR = DEMO_CHECKPOINT_DIR
+"""The shipped demo detector (a Hugging Face-layout folder inside the installed package); ``--checkpoint demo`` names it."""
 
 DEMO_TARGET_AP50 = 0.8
 
@@ -100,7 +101,6 @@ def run_demo(ns) -> int:
         raise CliError(f"--test-images must be >= 1, got {test_images}")
     if ns.num_images < 0:
         raise CliError(f"--num-images must be >= 0, got {ns.num_images}")
-    check_output_dir(out)  # before any data or model work
     splits = {DEMO_TEST_SPLIT: test_images}
     if ns.train:
         splits = {**DEMO_SPLITS, **splits}
@@ -117,7 +117,7 @@ def run_demo(ns) -> int:
         train(TrainingArgs(data=str(data_dir), out=str(run_dir), **values), DeformableDetrConfig(**DEMO_MODEL_CONFIG))
         checkpoint = run_dir / MODEL_DIR
     else:
-        checkpoint = Path(ns.checkpoint) if ns.checkpoint else CHECKPOINT_DIR
+        checkpoint = Path(ns.checkpoint) if ns.checkpoint and ns.checkpoint != DEMO_CHECKPOINT_NAME else CHECKPOINT_DIR
         if not (checkpoint / "config.json").is_file() and not checkpoint.is_file():
             raise CliError(f"no demo checkpoint at {str(checkpoint)!r}; run 'deformable-detr demo --train' to train one")
         print(f"[2/4] detector: {checkpoint}")

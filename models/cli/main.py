@@ -17,6 +17,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,22 +26,22 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from models.cli.demo import DEMO_DATA_SEED, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS, run_demo
-from models.cli.detect import detect_images
-from models.cli.errors import CliError, Interrupted, RunStopped, check_output_dir, is_user_os_error, read_json_file, run_command
-from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_overrides, read_config_file, resolve_device
+from models.cli.detect import check_detect_inputs, detect_images
+from models.cli.errors import CliError, read_json_file
+from models.cli.loading import load_detector, model_overrides, resolve_device
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.variants import VARIANTS
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
-from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
+from models.engine.training import TrainingArgs, train
 
 # command-line flag -> TrainingArgs field
 _TRAIN_FLAGS = (
     "epochs", "lr_drop", "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "batch_size",
     "eval_batch_size", "num_workers", "seed", "image_size", "max_size", "flip", "multiscale", "amp", "device", "resume",
     "eval_every", "max_steps_per_epoch", "train_split", "val_split", "progress", "train_backbone_stem",
-    "find_unused_parameters", "allow_change",
+    "find_unused_parameters",
 )
 
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'deformable-detr COMMAND --help' for the options of a command.",
     )
+    parser.add_argument("--version", action="version", version=version_string(), help="print the versions of this package and torch")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -93,11 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="detect objects in images; write annotated PNGs and JSON",
                        description="Detect objects in images. Writes OUT/<image>.png (boxes, labels and scores drawn) "
                                    "and OUT/<image>.json (boxes as x0, y0, x1, y1 pixels) for every image.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (their image files, not sub-folders) or quoted glob patterns ('photos/**/*.jpg')")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="a Hugging Face-layout directory, a training output folder, a training_state.pt, or an original .pth")
+                   help="'demo' (the shipped demo detector), a Hugging Face-layout directory, a training output folder, "
+                        "a training_state.pt, or an original .pth")
     p.add_argument("--threshold", type=float, default=0.5, help="keep detections scoring above this (default 0.5)")
     p.add_argument("--top-k", type=int, default=100, help="at most this many detections per image (default 100)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass (default 1). Larger batches are padded to their largest image and the "
+                        "backbone sees that padding, so results for differently sized images can differ slightly from batch size 1")
     p.add_argument("--out", default="detections", metavar="DIR", help="output folder (default ./detections)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     _add_image_size_flags(p)
@@ -110,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the embedded demo. Launch with torchrun for several processes (NCCL on GPUs, gloo on CPUs).")
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder (see docs/cli.md for the layouts)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: training_state.pt, model/, metrics.jsonl, metrics.json")
-    p.add_argument("--preset", choices=("paper", "demo"), default="paper", help="starting point for every setting (default paper)")
+    p.add_argument("--preset", choices=("paper", "demo"), default="paper", help=_preset_help())
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
-    t = p.add_argument_group("training")
+    t = p.add_argument_group("training", "the defaults shown are --preset paper's; --preset demo changes some (see --preset)")
     t.add_argument("--epochs", type=int, help="default 50")
     t.add_argument("--lr-drop", type=int, help="epochs between x0.1 learning-rate drops (default 40)")
     t.add_argument("--lr", type=float, help="default 2e-4")
@@ -140,8 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-backbone-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the ResNet stem and first stage (frozen in the paper's recipe)")
     t.add_argument("--find-unused-parameters", action=argparse.BooleanOptionalAction, default=None, help="DDP option")
-    t.add_argument("--allow-change", nargs="+", metavar="SETTING",
-                   help="with --resume: settings (TrainingArgs names, e.g. lr batch_size) allowed to differ from the checkpoint's")
     _add_model_flags(p, for_training=True)
 
     # eval
@@ -179,18 +184,62 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the synthetic shapes dataset: OUT/images/<split>/*.png and OUT/annotations/<split>.json. "
                                    "Deterministic from --seed.")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--preset", choices=("demo", "default"), default="demo", help="image settings (default demo: 128 px, 3 classes)")
+    p.add_argument("--preset", choices=("demo", "default"), default="demo",
+                   help=f"image settings: demo (the default) {_spec_words(DEMO_SPEC)}; default {_spec_words(SyntheticSpec())}")
     p.add_argument("--train", type=int, default=None, help="training images (default 2000)")
     p.add_argument("--val", type=int, default=None, help="validation images (default 100)")
     p.add_argument("--test", type=int, default=0, help="test images (default 0)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
-    p.add_argument("--image-size", type=int, help="square image side in pixels")
+    p.add_argument("--image-size", type=int, help=f"square image side in pixels (default: the preset's, {DEMO_SPEC.image_size[1]} for demo)")
     p.add_argument("--classes", nargs="+", help="shape names: circle square triangle cross ring diamond")
     p.add_argument("--max-objects", type=int)
     return parser
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _spec_words(spec: SyntheticSpec) -> str:
+    height, width = spec.image_size
+    return f"{width}x{height} px, {spec.min_objects}-{spec.max_objects} shapes of {len(spec.classes)} classes ({' '.join(spec.classes)})"
+
+
+def _preset_help() -> str:
+    """What ``--preset demo`` changes, from the values it really uses (``DEMO_TRAIN_ARGS``, ``DEMO_MODEL_CONFIG``)."""
+    def flag(name: str, value) -> str:
+        name = name.replace("_", "-")
+        if isinstance(value, bool):
+            return f"--{name}" if value else f"--no-{name}"
+        return f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
+
+    settings = " ".join(flag(k, v) for k, v in DEMO_TRAIN_ARGS.items())
+    m = DEMO_MODEL_CONFIG
+    model = (f"{m['backbone']} (random init) cut after stage {m['backbone_kwargs']['out_indices'][-1]}, {m['num_feature_levels']} levels, "
+             f"d_model {m['d_model']}, {m['encoder_layers']}+{m['decoder_layers']} layers, {m['num_queries']} queries, "
+             f"box refinement {'on' if m['with_box_refine'] else 'off'}, two-stage {'on' if m['two_stage'] else 'off'}")
+    return ("starting point for every setting (default paper: the paper's recipe and ResNet-50 model, the defaults shown below). "
+            f"demo: the embedded demo's CPU recipe for 64-px images, i.e. {settings}, and its model: {model}. "
+            "Flags given on the command line override the preset's values")
+
+
+def version_string() -> str:
+    """``deformable-detr <package version> (torch <version>)``; the package version of the installed distribution."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("deformable-detr-msda")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    return f"deformable-detr {version} (torch {torch.__version__})"
+
+
+def _line_buffered_output() -> None:
+    """Progress lines appear as they are printed, also when stdout is a pipe or a file (``demo | tee log``)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError, OSError):  # replaced streams (pytest's capture, io.StringIO)
+            pass
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
@@ -200,11 +249,13 @@ def _set_threads(threads: int | None) -> None:
 
 # -------------------------------------------------------------------------------------- commands
 def cmd_detect(ns: argparse.Namespace) -> int:
+    paths = check_detect_inputs(ns.images, ns.threshold, ns.top_k, ns.batch_size)  # before the model is loaded
     device = resolve_device(ns.device)
     model, processor = load_detector(ns.checkpoint, ns, device)
     out = Path(ns.out)
-    written = detect_images(model, processor, ns.images, out, ns.threshold, ns.top_k, device)
-    print(f"wrote {len(written) // 2} annotated PNG(s) and JSON file(s) to {out}")
+    results = detect_images(model, processor, paths, out, ns.threshold, ns.top_k, device, batch_size=ns.batch_size)
+    total = sum(r.count for r in results)
+    print(f"{len(results)} image(s), {total} detection(s); wrote {len(results)} annotated PNG + JSON pair(s) to {out}")
     return 0
 
 
@@ -215,7 +266,7 @@ def build_train_setup(ns: argparse.Namespace):
     for name in _TRAIN_FLAGS:
         value = getattr(ns, name, None)
         if value is not None:
-            train_values[name] = tuple(value) if isinstance(value, list) else value
+            train_values[name] = value
     args = TrainingArgs(data=ns.data, out=ns.out, **train_values)
     try:
         args.validate()
@@ -223,7 +274,7 @@ def build_train_setup(ns: argparse.Namespace):
         raise CliError(str(err)) from err
 
     if ns.config:
-        base = read_config_file(ns.config)
+        base = read_json_file(ns.config, "--config", dict, "a JSON object of DeformableDetrConfig fields")
     elif ns.preset == "demo":
         base = dict(DEMO_MODEL_CONFIG)
     else:
@@ -234,6 +285,14 @@ def build_train_setup(ns: argparse.Namespace):
         config = DeformableDetrConfig.from_dict(base)
     except (ValueError, TypeError) as err:
         raise CliError(f"model config: {err}") from err
+    if ns.preset != "demo" and not ns.resume and not config.use_pretrained_backbone and str(config.backbone).startswith("resnet"):
+        warnings.warn(
+            f"the {config.backbone} backbone starts from random weights (no --pretrained-backbone): the paper's recipe "
+            "assumes ImageNet weights and needs far more than its 50 epochs without them; add --pretrained-backbone "
+            "(ImageNet weights from the local torch cache), or use --preset demo for small images on a CPU",
+            UserWarning,
+            stacklevel=2,
+        )
     return args, config
 
 
@@ -243,17 +302,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
     args, config = build_train_setup(ns)
     if ns.resume and not ns.config and not model_overrides(ns):
         config = None  # no model flags on the command line: continue with the checkpoint's own model
-    check_output_dir(args.out)
     started = time.time()
     try:
         result = train(args, config)
-    except TrainingDiverged as err:
-        raise RunStopped(str(err)) from err
-    except KeyboardInterrupt as err:
-        raise Interrupted(interrupted_training_message(args.out)) from err
     except (FileNotFoundError, ValueError) as err:
-        if is_user_os_error(err) and getattr(err, "filename", None):
-            raise
         raise CliError(str(err)) from err
     finally:
         if dist.is_available() and dist.is_initialized():
@@ -276,8 +328,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         dataset = CocoDetection(images_dir, ann_file)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
-    check_eval_dataset(dataset, ns.split)
-    out = check_output_dir(ns.out)  # before any prediction
+    out = Path(ns.out)
     extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
     if ns.predictions:
         detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")
@@ -298,13 +349,11 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
                                          progress=lambda it: tqdm(it, desc="eval", dynamic_ncols=True))
         except (FileNotFoundError, ValueError) as err:
-            if is_user_os_error(err) and getattr(err, "filename", None):
-                raise
             raise CliError(str(err)) from err
         metrics, summary = coco_metrics(dataset.coco, detections)
         extra["checkpoint"] = ns.checkpoint
-        with naming_write_errors(out / "detections.json"):
-            (out / "detections.json").write_text(json.dumps(detections))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "detections.json").write_text(json.dumps(detections))
     write_metrics(out / "metrics.json", metrics, extra)
     print(summary, end="")
     print(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  -> {out / 'metrics.json'}")
@@ -314,12 +363,6 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_make_data(ns: argparse.Namespace) -> int:
 
     spec = DEMO_SPEC if ns.preset == "demo" else SyntheticSpec()
-    for flag, value in (("--train", ns.train), ("--val", ns.val), ("--test", ns.test), ("--max-objects", ns.max_objects)):
-        if value is not None and value < 0:
-            raise CliError(f"{flag} must be >= 0, got {value}")
-    if ns.image_size is not None and ns.image_size < 1:
-        raise CliError(f"--image-size must be >= 1, got {ns.image_size}")
-    check_output_dir(ns.out)
     changes = {}
     if ns.image_size is not None:
         changes["image_size"] = (ns.image_size, ns.image_size)
@@ -357,9 +400,14 @@ COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "demo": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``deformable-detr``; returns the exit status."""
+    _line_buffered_output()
     parser = build_parser()
     ns = parser.parse_args(argv)
-    return run_command(ns.command, COMMANDS[ns.command], ns)  # the one error-exit path (models/cli/errors.py)
+    try:
+        return COMMANDS[ns.command](ns)
+    except CliError as err:
+        print(f"deformable-detr {ns.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

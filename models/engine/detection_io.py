@@ -52,10 +52,55 @@ def detection_record(
     return {"image": image_name, "width": int(width), "height": int(height), "box_format": "x0,y0,x1,y1 pixels", "detections": detections}
 
 
+def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
+    """Area shared by two (x0, y0, x1, y1) rectangles."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(boxes: Sequence[Sequence[float]], sizes: Sequence[tuple[float, float]], canvas_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """Top-left corners for label tags that stay inside the canvas and do not cover each other.
+
+    ``boxes[i]`` is detection ``i``'s box and ``sizes[i]`` its tag's (width, height), in order of
+    priority (the best score first: it gets the best place). Each tag goes to the first free place
+    among: above the box's top-left corner, inside it, below the box, inside its bottom-left corner,
+    the same at the right edge, then further above or below in steps of its own height. Where every
+    place is taken, the one that covers the least of the tags already placed.
+    """
+    width, height = canvas_size
+    placed: list[tuple[float, float, float, float]] = []
+    corners = []
+    for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
+        slots = [(x0, y0 - h), (x0, y0), (x0, y1), (x0, y1 - h), (x1 - w, y0 - h), (x1 - w, y1), (x1 - w, y0), (x1 - w, y1 - h)]
+        for step in range(1, len(boxes) + 1):
+            slots += [(x0, y0 - h * (step + 1)), (x0, y1 + h * step)]
+        best, best_cost = None, None
+        for x, y in slots:
+            x = min(max(0.0, x), max(0.0, width - w))
+            y = min(max(0.0, y), max(0.0, height - h))
+            rect = (x, y, x + w, y + h)
+            cost = sum(_overlap(rect, other) for other in placed)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = rect, cost
+            if cost == 0:
+                break
+        placed.append(best)
+        corners.append((best[0], best[1]))
+    return corners
+
+
+def _text_colour(fill: tuple) -> tuple:
+    """Black on light tags, white on dark ones."""
+    r, g, b = fill[:3]
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
 def draw_detections(image: Image.Image, record: Mapping, min_side: int = 384) -> Image.Image:
     """A copy of ``image`` with the record's boxes, labels and scores drawn on it.
 
     Small images are enlarged first (short side at least ``min_side``) so the text stays legible.
+    Boxes are drawn lowest score first (the best box's outline ends on top); then every label goes
+    in a tag of its class colour next to its box, placed so that tags never cover one another while
+    a free place exists (:func:`place_labels`), the best score placed first.
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
@@ -64,22 +109,28 @@ def draw_detections(image: Image.Image, record: Mapping, min_side: int = 384) ->
     if scale > 1.0:
         canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)), Image.NEAREST)
     draw = ImageDraw.Draw(canvas)
-    font_size = max(10, round(min(canvas.size) / 32))
+    font_size = max(11, round(min(canvas.size) / 30))
     try:
         font = ImageFont.load_default(size=font_size)
     except TypeError:  # Pillow < 10.1 has a fixed-size default font
         font = ImageFont.load_default()
     line = max(2, round(min(canvas.size) / 200))
-    for det in record["detections"]:
-        x0, y0, x1, y1 = (v * scale for v in det["box"])
-        colour = class_colour(det["label_id"])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+    pad = max(2, font_size // 5)
+    detections = list(record["detections"])
+    boxes = [[v * scale for v in det["box"]] for det in detections]
+    for det, box in reversed(list(zip(detections, boxes))):
+        draw.rectangle(box, outline=class_colour(det["label_id"]), width=line)
+    texts, extents = [], []
+    for det in detections:
         text = f"{det['label']} {det['score']:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top
-        ty = y0 - th - 4 if y0 - th - 4 >= 0 else y0
-        draw.rectangle([x0, ty, x0 + tw + 4, ty + th + 4], fill=colour)
-        draw.text((x0 + 2 - left, ty + 2 - top), text, fill=(0, 0, 0), font=font)
+        texts.append(text)
+        extents.append((left, top, right - left + 2 * pad, bottom - top + 2 * pad))
+    corners = place_labels(boxes, [(w, h) for _, _, w, h in extents], canvas.size)
+    for det, text, (left, top, w, h), (x, y) in zip(detections, texts, extents, corners):
+        fill = class_colour(det["label_id"])
+        draw.rectangle([x, y, x + w - 1, y + h - 1], fill=fill, outline=(0, 0, 0), width=1)
+        draw.text((x + pad - left, y + pad - top), text, fill=_text_colour(fill), font=font)
     return canvas
 
 
