@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from msda import build_cache, loader
+from msda.build_cache import Entry
 from tests.msda_inputs import ROOT, fake_compile, run_fresh
 
 PROBE = (
@@ -35,23 +37,18 @@ PROBE = (
 )
 
 
-def _entry(cache: Path) -> tuple[Path, str]:
-    """The build folder and library name the loader uses for the CPU build under ``cache``."""
-    code = f"from pathlib import Path\nfrom msda import loader\ne, _, _ = loader._plan(False, Path({str(cache)!r}))\nprint(e.folder)\nprint(e.name)\n"
-    result = run_fresh(code, {"MSDA_CACHE_DIR": str(cache)})
-    assert result.returncode == 0, result.stderr
-    folder, name = result.stdout.split()[-2:]
-    return Path(folder), name
+def _entry(cache: Path) -> Entry:
+    """The entry (folder and library name) the loader uses for the CPU build under ``cache``."""
+    return loader._plan(False, cache)[0]
 
 
-def _install(good: Path, cache: Path) -> tuple[Path, Path]:
-    """Put a verified copy of the session's library into ``cache``; return (library, marker)."""
-    folder, name = _entry(cache)
-    folder.mkdir(parents=True)
-    shutil.copyfile(good, folder / f"{name}.so")
-    code = f"from pathlib import Path\nfrom msda import build_cache\nbuild_cache.record_complete(build_cache.Entry(Path({str(folder)!r}), {name!r}))\n"
-    assert run_fresh(code).returncode == 0
-    return folder / f"{name}.so", folder / "complete"
+def _install(good: Path, cache: Path) -> Entry:
+    """Put a verified copy of the session's library into ``cache``, as a finished build leaves it."""
+    entry = _entry(cache)
+    entry.folder.mkdir(parents=True)
+    shutil.copyfile(good, entry.library)
+    build_cache.record_complete(entry)
+    return entry
 
 
 def test_missing_compiler_falls_back_with_compiler_advice(tmp_path):
@@ -86,15 +83,16 @@ def _damage(kind: str, library: Path, marker: Path) -> str:
 
 @pytest.mark.parametrize("kind", ["truncated", "random-bytes", "missing-library", "old-marker"])
 def test_damaged_cache_is_rebuilt_never_trusted(kind, msda_cpu_library, tmp_path):
-    library, marker = _install(msda_cpu_library, tmp_path)
-    reason = _damage(kind, library, marker)
+    entry = _install(msda_cpu_library, tmp_path)
+    reason = _damage(kind, entry.library, entry.marker)
     result = run_fresh(fake_compile(msda_cpu_library) + PROBE, {"MSDA_CACHE_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]  # no Bus error (exit 135)
     assert "cannot be used" in result.stderr and reason in result.stderr and "rebuilding it" in result.stderr
     assert "FAKE-COMPILED" in result.stdout and "IMPL compiled-cpu" in result.stdout and "WARNINGS 0" in result.stdout
-    # the rebuilt entry verifies, and the next process loads it at import without building
-    again = run_fresh(fake_compile(msda_cpu_library) + PROBE, {"MSDA_CACHE_DIR": str(tmp_path)})
-    assert "IMPL compiled-cpu" in again.stdout and "FAKE-COMPILED" not in again.stdout and "compiling" not in again.stderr
+    assert build_cache.problem(entry) is None  # the rebuilt entry verifies
+    if kind == "truncated":  # and the next process loads it at import, without building
+        again = run_fresh(fake_compile(msda_cpu_library) + PROBE, {"MSDA_CACHE_DIR": str(tmp_path)})
+        assert "IMPL compiled-cpu" in again.stdout and "FAKE-COMPILED" not in again.stdout and "compiling" not in again.stderr
 
 
 def test_unwritable_cache_gives_cache_advice(tmp_path):
@@ -134,25 +132,28 @@ def test_concurrent_first_builds_share_one_build_and_say_what_they_do(msda_cpu_l
 
 
 def test_waiting_for_a_held_build_lock_shows_a_heartbeat(msda_cpu_library, tmp_path):
-    folder, name = _entry(tmp_path)
-    folder.mkdir(parents=True)
-    with open(folder / "build.lock", "a") as lock:
+    entry = _entry(tmp_path / "cache")
+    entry.folder.mkdir(parents=True)
+    log = tmp_path / "stderr.txt"
+    with open(entry.folder / "build.lock", "a") as lock, open(log, "w") as stderr:
         fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is building
         process = subprocess.Popen(
             [sys.executable, "-c", fake_compile(msda_cpu_library, heartbeat=0.3) + PROBE],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "MSDA_BUILD_CUDA": "0", "MSDA_CACHE_DIR": str(tmp_path)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), "MSDA_BUILD_CUDA": "0", "MSDA_CACHE_DIR": str(tmp_path / "cache")},
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             text=True,
         )
-        time.sleep(8.0)  # torch's import takes a few seconds, then the heartbeat every 0.3 s
-        shutil.copyfile(msda_cpu_library, folder / f"{name}.so")  # ... and finishes its build
-        code = f"from pathlib import Path\nfrom msda import build_cache\nbuild_cache.record_complete(build_cache.Entry(Path({str(folder)!r}), {name!r}))\n"
-        assert run_fresh(code).returncode == 0
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr
-    assert "still waiting for another process's build of" in stderr
+        deadline = time.monotonic() + 300
+        while "still waiting for another process's build of" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        shutil.copyfile(msda_cpu_library, entry.library)  # ... and finishes its build
+        build_cache.record_complete(entry)
+    stdout, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, log.read_text()
+    assert "another process is building" in log.read_text() and "still waiting for another process's build of" in log.read_text()
     assert "IMPL compiled-cpu" in stdout and "FAKE-COMPILED" not in stdout  # loaded the other build
 
 
