@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from models.cli.detect import detect_images
-from models.cli.errors import CliError
+from models.cli.errors import CliError, check_output_dir
 from models.cli.loading import DEMO_CHECKPOINT_DIR, DEMO_CHECKPOINT_NAME, load_detector, resolve_device
 from models.data.coco import CocoDetection
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
@@ -101,6 +101,7 @@ def run_demo(ns) -> int:
         raise CliError(f"--test-images must be >= 1, got {test_images}")
     if ns.num_images < 0:
         raise CliError(f"--num-images must be >= 0, got {ns.num_images}")
+    check_output_dir(out)  # before any data or model work
     splits = {DEMO_TEST_SPLIT: test_images}
     if ns.train:
         splits = {**DEMO_SPLITS, **splits}

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.cli.errors import CliError, read_json_file
-from models.common.checkpoint_files import read_original_checkpoint
+from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, read_original_checkpoint
 from models.ddetr import checkpoints
-from models.ddetr.config import DeformableDetrConfig
+from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.ddetr.modeling import DeformableDetrForObjectDetection
 from models.ddetr.variants import variant_fields
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
@@ -66,6 +69,70 @@ def model_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+_HF_FILE_KEYS = frozenset({"model_type", "architectures", "transformers_version", "torch_dtype", "use_return_dict",
+                           "hidden_size", "num_attention_heads"})
+
+
+def check_config_keys(data: dict[str, Any], source: str) -> None:
+    """Raise ``CliError`` naming ``source`` and every key of ``data`` that no ``DeformableDetrConfig`` field
+    takes (a typo such as ``num_querys`` would otherwise be kept silently as an extra attribute)."""
+    known = set(inspect.signature(DeformableDetrConfig.__init__).parameters) - {"self", "kwargs"}
+    known |= _HF_FILE_KEYS | _IGNORED_BASE_KEYS
+    unknown = sorted(key for key in data if key not in known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise CliError(f"{source}: unknown DeformableDetrConfig field(s): {', '.join(hints)}")
+
+
+def read_config_file(path: str, flag: str = "--config") -> dict[str, Any]:
+    """The fields of a ``DeformableDetrConfig`` JSON named by ``flag``; unknown keys are an error naming them."""
+    data = read_json_file(path, flag, dict, "a JSON object of DeformableDetrConfig fields")
+    check_config_keys(data, f"{flag} {path!r}")
+    return data
+
+
+def check_eval_dataset(dataset: Any, split: str) -> None:
+    """Refuse a split with no images (an AP would be meaningless); warn when no box can be matched (every AP is -1)."""
+    problem = dataset.usability_problem()
+    if problem is None:
+        return
+    if not dataset.images:
+        raise CliError(f"split {split!r}: {problem}; there is nothing to evaluate")
+    warnings.warn(f"split {split!r}: {problem}; every AP and AR will be -1", stacklevel=2)
+
+
+def interrupted_training_message(out: str | Path) -> str:
+    """What ``train`` prints on Ctrl-C: where the last complete checkpoint is, and how to continue."""
+    state = Path(out) / STATE_FILE
+    if state.is_file():
+        return f"interrupted, checkpoint at {str(state)!r} (continue with --resume {str(out)!r})"
+    return "interrupted before the first checkpoint was written (nothing to resume)"
+
+
+def _check_size_flags(ns: argparse.Namespace | None) -> tuple[int | None, int | None]:
+    values = []
+    for flag in ("image_size", "max_size"):
+        value = getattr(ns, flag, None) if ns is not None else None
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise CliError(f"--{flag.replace('_', '-')} must be a positive number of pixels, got {value!r}")
+        values.append(value)
+    image_size, max_size = values
+    if image_size is not None and max_size is not None and max_size < image_size:
+        raise CliError(f"--max-size ({max_size}) must be >= --image-size ({image_size})")
+    return image_size, max_size
+
+
+def _check_folder_json(folder: Path, flag_path: str) -> None:
+    """Parse the JSON files of a checkpoint folder first, so a broken one is named (not a bare JSON error)."""
+    for name in ("config.json", "preprocessor_config.json"):
+        file = folder / name
+        if file.is_file():
+            read_json_file(str(file), f"--checkpoint {flag_path!r}:", dict, "a JSON object")
+
+
 def resolve_device(name: str) -> torch.device:
     """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``."""
     if name == "auto":
@@ -73,6 +140,23 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {name!r}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+def _config_with_head_classes(config: DeformableDetrConfig, given: dict[str, Any], head_classes: int,
+                              ns: argparse.Namespace | None) -> DeformableDetrConfig:
+    """``config`` for a ``.pth`` whose class head has ``head_classes`` classes.
+
+    When ``--config`` names its classes (``id2label`` or ``num_labels``), they are kept and must match
+    the head (else ``CliError`` naming both); otherwise the head's count is used with generic names.
+    """
+    if "id2label" in given or "num_labels" in given:
+        if config.num_labels != head_classes:
+            raise CliError(
+                f"--config {getattr(ns, 'config', None)!r} names {config.num_labels} classes but the checkpoint's class head "
+                f"has {head_classes}; give a config with the checkpoint's classes"
+            )
+        return config
+    return config.copy(num_labels=head_classes)
 
 
 def load_detector(path: str, ns: argparse.Namespace | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
@@ -96,11 +180,12 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
         else:
             raise CliError(f"--checkpoint {path!r}: folder has no config.json, {MODEL_DIR}/config.json or {STATE_FILE}")
 
-    image_size = getattr(ns, "image_size", None) if ns is not None else None
-    max_size = getattr(ns, "max_size", None) if ns is not None else None
+    image_size, max_size = _check_size_flags(ns)
     processor = None
+    trust = bool(getattr(ns, "trust_pickle", False)) if ns is not None else False
     try:
         if source.is_dir():
+            _check_folder_json(source, path)
             model = DeformableDetrForObjectDetection.from_pretrained(source)
             if (source / "preprocessor_config.json").is_file():
                 processor = DeformableDetrImageProcessor.from_pretrained(source)
@@ -110,32 +195,49 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             model = DeformableDetrForObjectDetection(config)
             model.load_state_dict(state["model"])
             model.eval()
-            train_args = state.get("train_args", {})
-            processor = make_processor(train_args.get("image_size", 800), train_args.get("max_size", 1333))
+            train_args = state["train_args"]
+            processor = make_processor(train_args["image_size"], train_args["max_size"])
         else:
             config = None
             overrides = model_overrides(ns) if ns is not None else {}
+            given: dict[str, Any] = {}
             if ns is not None and getattr(ns, "config", None):
-                config = DeformableDetrConfig.from_dict({**read_json_file(ns.config, "--config", dict, "a JSON object of DeformableDetrConfig fields"), **overrides})
+                given = read_config_file(ns.config)
+                config = DeformableDetrConfig.from_dict({**given, **overrides})
             elif overrides:
                 config = DeformableDetrConfig(**overrides)
             if config is not None:
-                original, _ = read_original_checkpoint(source, trust_pickle=bool(getattr(ns, "trust_pickle", False)))
+                original, _ = read_original_checkpoint(source, trust_pickle=trust)
                 converted, _ = checkpoints.convert_original_state_dict(original)
-                config = config.copy(num_labels=checkpoints.original_num_labels(converted))
-            trust = bool(getattr(ns, "trust_pickle", False)) if ns is not None else False
+                config = _config_with_head_classes(config, given, checkpoints.original_num_labels(converted), ns)
             model = DeformableDetrForObjectDetection.from_pretrained(source, config=config, trust_pickle=trust)
     except CliError:
         raise
+    except UntrustedPickleError as err:
+        what = f" ({err.global_name})" if err.global_name else ""
+        raise CliError(
+            f"--checkpoint {path!r} holds Python objects besides tensors{what} and loading it could run code; "
+            "if you trust the file, add --trust-pickle"
+        ) from err
+    except CorruptCheckpointError as err:
+        raise CliError(f"--checkpoint {path!r}: {err}") from err
     except (ValueError, RuntimeError, KeyError, OSError) as err:
         hint = ""
         if source.is_file() and source.name != STATE_FILE:
             hint = " (for an original .pth: give its variant with --config JSON or --variant and the model flags)"
         raise CliError(f"--checkpoint {path!r}: cannot load it: {err}{hint}") from err
 
+    if processor is None and (image_size is None or max_size is None):
+        warnings.warn(
+            f"--checkpoint {path!r} has no preprocessor_config.json: assuming the paper's resize (shortest edge "
+            f"{image_size or 800}, longest edge {max_size or 1333}); if the model was trained at another size, detections "
+            "will be poor: pass --image-size and --max-size",
+            stacklevel=2,
+        )
     if processor is None or image_size is not None or max_size is not None:
         base = processor.size if processor is not None else {"shortest_edge": 800, "longest_edge": 1333}
-        processor = make_processor(image_size or base.get("shortest_edge", 800), max_size or base.get("longest_edge", 1333))
+        short = image_size if image_size is not None else base.get("shortest_edge", 800)
+        processor = make_processor(short, max_size if max_size is not None else max(base.get("longest_edge", 1333), short))
     model.to(resolve_device(device) if isinstance(device, str) else device)
     model.eval()
     return model, processor

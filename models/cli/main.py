@@ -27,21 +27,21 @@ from tqdm.auto import tqdm
 
 from models.cli.demo import DEMO_DATA_SEED, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS, run_demo
 from models.cli.detect import check_detect_inputs, detect_images
-from models.cli.errors import CliError, read_json_file
-from models.cli.loading import load_detector, model_overrides, resolve_device
+from models.cli.errors import CliError, Interrupted, RunStopped, check_output_dir, is_user_os_error, read_json_file, run_command
+from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_overrides, read_config_file, resolve_device
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.variants import VARIANTS
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
-from models.engine.training import TrainingArgs, train
+from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
 
 # command-line flag -> TrainingArgs field
 _TRAIN_FLAGS = (
     "epochs", "lr_drop", "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "batch_size",
     "eval_batch_size", "num_workers", "seed", "image_size", "max_size", "flip", "multiscale", "amp", "device", "resume",
     "eval_every", "max_steps_per_epoch", "train_split", "val_split", "progress", "train_backbone_stem",
-    "find_unused_parameters",
+    "find_unused_parameters", "allow_change",
 )
 
 
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-backbone-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the ResNet stem and first stage (frozen in the paper's recipe)")
     t.add_argument("--find-unused-parameters", action=argparse.BooleanOptionalAction, default=None, help="DDP option")
+    t.add_argument("--allow-change", nargs="+", metavar="SETTING",
+                   help="with --resume: settings (TrainingArgs names, e.g. lr batch_size) allowed to differ from the checkpoint's")
     _add_model_flags(p, for_training=True)
 
     # eval
@@ -250,6 +252,7 @@ def _set_threads(threads: int | None) -> None:
 # -------------------------------------------------------------------------------------- commands
 def cmd_detect(ns: argparse.Namespace) -> int:
     paths = check_detect_inputs(ns.images, ns.threshold, ns.top_k, ns.batch_size)  # before the model is loaded
+    check_output_dir(ns.out)
     device = resolve_device(ns.device)
     model, processor = load_detector(ns.checkpoint, ns, device)
     out = Path(ns.out)
@@ -266,7 +269,7 @@ def build_train_setup(ns: argparse.Namespace):
     for name in _TRAIN_FLAGS:
         value = getattr(ns, name, None)
         if value is not None:
-            train_values[name] = value
+            train_values[name] = tuple(value) if isinstance(value, list) else value
     args = TrainingArgs(data=ns.data, out=ns.out, **train_values)
     try:
         args.validate()
@@ -274,7 +277,7 @@ def build_train_setup(ns: argparse.Namespace):
         raise CliError(str(err)) from err
 
     if ns.config:
-        base = read_json_file(ns.config, "--config", dict, "a JSON object of DeformableDetrConfig fields")
+        base = read_config_file(ns.config)
     elif ns.preset == "demo":
         base = dict(DEMO_MODEL_CONFIG)
     else:
@@ -302,10 +305,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
     args, config = build_train_setup(ns)
     if ns.resume and not ns.config and not model_overrides(ns):
         config = None  # no model flags on the command line: continue with the checkpoint's own model
+    check_output_dir(args.out)
     started = time.time()
     try:
         result = train(args, config)
+    except TrainingDiverged as err:
+        raise RunStopped(str(err)) from err
+    except KeyboardInterrupt as err:
+        raise Interrupted(interrupted_training_message(args.out)) from err
     except (FileNotFoundError, ValueError) as err:
+        if is_user_os_error(err) and getattr(err, "filename", None):
+            raise
         raise CliError(str(err)) from err
     finally:
         if dist.is_available() and dist.is_initialized():
@@ -328,7 +338,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         dataset = CocoDetection(images_dir, ann_file)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
-    out = Path(ns.out)
+    check_eval_dataset(dataset, ns.split)
+    out = check_output_dir(ns.out)  # before any prediction
     extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
     if ns.predictions:
         detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")
@@ -349,11 +360,13 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
                                          progress=lambda it: tqdm(it, desc="eval", dynamic_ncols=True))
         except (FileNotFoundError, ValueError) as err:
+            if is_user_os_error(err) and getattr(err, "filename", None):
+                raise
             raise CliError(str(err)) from err
         metrics, summary = coco_metrics(dataset.coco, detections)
         extra["checkpoint"] = ns.checkpoint
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "detections.json").write_text(json.dumps(detections))
+        with naming_write_errors(out / "detections.json"):
+            (out / "detections.json").write_text(json.dumps(detections))
     write_metrics(out / "metrics.json", metrics, extra)
     print(summary, end="")
     print(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  -> {out / 'metrics.json'}")
@@ -363,6 +376,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_make_data(ns: argparse.Namespace) -> int:
 
     spec = DEMO_SPEC if ns.preset == "demo" else SyntheticSpec()
+    for flag, value in (("--train", ns.train), ("--val", ns.val), ("--test", ns.test), ("--max-objects", ns.max_objects)):
+        if value is not None and value < 0:
+            raise CliError(f"{flag} must be >= 0, got {value}")
+    if ns.image_size is not None and ns.image_size < 1:
+        raise CliError(f"--image-size must be >= 1, got {ns.image_size}")
+    check_output_dir(ns.out)
     changes = {}
     if ns.image_size is not None:
         changes["image_size"] = (ns.image_size, ns.image_size)
@@ -403,11 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _line_buffered_output()
     parser = build_parser()
     ns = parser.parse_args(argv)
-    try:
-        return COMMANDS[ns.command](ns)
-    except CliError as err:
-        print(f"deformable-detr {ns.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(ns.command, COMMANDS[ns.command], ns)  # the one error-exit path (models/cli/errors.py)
 
 
 if __name__ == "__main__":  # pragma: no cover
