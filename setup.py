@@ -46,6 +46,7 @@ setup(
             "onnx-ir",
             "scikit-image",
             "timm",
+            "accelerate",
         ],
     },
     entry_points={"console_scripts": ["deformable-detr=models.cli.main:main"]},
