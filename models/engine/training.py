@@ -44,8 +44,8 @@ from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPick
 from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
 from models.data.coco import CocoDetection, resolve_split
 from models.ddetr.config import DeformableDetrConfig
-from models.ddetr.modeling import DeformableDetrForObjectDetection
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.families import build_detector, config_from_dict
 from models.processing.image_processing import DeformableDetrImageProcessor
 
 STATE_FILE = "training_state.pt"
@@ -573,7 +573,7 @@ def _log(info: DistInfo, message: str) -> None:
 
 # ------------------------------------------------------------------------------------------ train
 def train(args: TrainingArgs, config=None) -> dict:
-    """Train (or resume) a ``DeformableDetrForObjectDetection`` as described by ``args`` and ``config``.
+    """Train (or resume) a detector (Deformable DETR or DINO, by the config's family) as described by ``args`` and ``config``.
 
     Args:
         args: the run's hyper-parameters and paths.
@@ -613,7 +613,7 @@ def train(args: TrainingArgs, config=None) -> dict:
     state = load_training_state(args.resume) if args.resume else None
     changed: dict[str, tuple] = {}
     if state is not None:
-        saved = DeformableDetrConfig.from_dict(state["config"])
+        saved = config_from_dict(state["config"])
         if config is not None:
             wanted = config.copy(num_labels=saved.num_labels, id2label=saved.id2label, label2id=saved.label2id)
             diff = _config_difference(wanted.to_dict(), saved.to_dict())
@@ -632,7 +632,7 @@ def train(args: TrainingArgs, config=None) -> dict:
 
     seed_everything(args.seed)  # same initial weights on every process
     # when resuming, the checkpoint supplies every weight: never look for ImageNet backbone weights
-    model = DeformableDetrForObjectDetection(config if state is None else config.copy(use_pretrained_backbone=False))
+    model = build_detector(config if state is None else config.copy(use_pretrained_backbone=False))
     if args.train_backbone_stem:
         for name, param in model.named_parameters():
             if any(key in name for key in BACKBONE_NAMES):
