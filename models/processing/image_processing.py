@@ -9,7 +9,6 @@ it carry over.
 from __future__ import annotations
 
 import pathlib
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from models.processing.annotations import (
     resize_target,
 )
 from models.processing.batch import BatchFeature
-from models.processing.images import channel_layout, flatten_images, normalize_data_format, pil_to_array
+from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_to_array
 from models.processing.options import ImageProcessorOptions, ResolvedOptions
 from models.processing.sizes import output_size
 
@@ -177,11 +176,8 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
         image_list = flatten_images(images)
         targets_in = check_annotations(annotations, options.format, len(image_list), bool(return_segmentation_masks))
         arrays = [_to_hwc3(image, layout, index) for index, image in enumerate(image_list)]
-        if options.do_rescale and arrays[0].dtype != np.uint8 and arrays[0].min() >= 0 and arrays[0].max() <= 1:
-            warnings.warn(
-                "images look already rescaled to [0, 1]; pass do_rescale=False to avoid rescaling them again",
-                stacklevel=2,
-            )
+        for index, array in enumerate(arrays):
+            check_pixel_values(array, index, options.do_resize, options.do_rescale)
 
         targets = None
         if targets_in is not None:

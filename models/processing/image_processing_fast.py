@@ -27,7 +27,7 @@ from models.processing.annotations import (
     target_to_torch,
 )
 from models.processing.batch import BatchFeature
-from models.processing.images import channel_layout, flatten_images, normalize_data_format, pil_to_array
+from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_to_array
 from models.processing.options import ImageProcessorOptions, ResolvedOptions
 from models.processing.sizes import output_size
 
@@ -163,6 +163,8 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
         image_list = flatten_images(images)
         targets_in = check_annotations(annotations, options.format, len(image_list), bool(return_segmentation_masks))
         tensors = [_to_chw(image, layout, index, device) for index, image in enumerate(image_list)]
+        for index, tensor in enumerate(tensors):
+            check_pixel_values(tensor, index, options.do_resize, options.do_rescale)
         device = tensors[0].device
         tensors = [tensor.to(device) for tensor in tensors]
 

@@ -136,3 +136,35 @@ def pil_to_array(image: PIL.Image.Image, index: int) -> np.ndarray:
         raise ValueError(f"images[{index}] is empty: size {image.size}")
     return np.asarray(image)
 
+
+
+def check_pixel_values(image: Any, index: int, do_resize: bool, do_rescale: bool) -> None:
+    """The value rule both processors apply to ``images[index]`` (a numpy array or a tensor).
+
+    - NaN or infinite values raise ``ValueError``.
+    - With resizing, images are read as 8-bit: uint8 passes; other integer-valued data must lie in
+      [0, 255] (a 16-bit image is refused, not clipped); other floats must lie in [0, 1].
+    - With rescaling, floats already in [0, 1] give a warning (they would be divided by 255 again).
+    """
+    import warnings
+
+    import torch
+
+    tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+    if tensor.dtype == torch.uint8 or tensor.numel() == 0:
+        return
+    values = tensor.detach().to("cpu", torch.float64)
+    if not torch.isfinite(values).all():
+        raise ValueError(f"images[{index}] holds NaN or infinite values")
+    low, high = values.min().item(), values.max().item()
+    integral = not tensor.is_floating_point() or bool((values == values.round()).all())
+    if do_resize:
+        if integral and (low < 0 or high > 255):
+            raise ValueError(
+                f"images[{index}] has integer values in [{low:g}, {high:g}], outside [0, 255]; convert high-bit-depth "
+                "images to 8 bits (or to floats in [0, 1]) first"
+            )
+        if not integral and (low < 0 or high > 1):
+            raise ValueError(f"images[{index}] has float values in [{low:g}, {high:g}]: expected [0, 1] or integer values in [0, 255]")
+    if do_rescale and index == 0 and low >= 0 and high <= 1:
+        warnings.warn("images look already rescaled to [0, 1]; pass do_rescale=False to avoid rescaling them again", stacklevel=3)
