@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from models.cli.demo import DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_TRAIN_ARGS
+from models.cli.demo import DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_TRAIN_ARGS
 from models.data.coco import CocoDetection
 from models.data.synthetic import write_synthetic_coco
 from models.ddetr.config import DeformableDetrConfig
@@ -35,23 +35,7 @@ from models.engine.training import MODEL_DIR, TrainingArgs, train
 from models.processing.image_processing import DeformableDetrImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
-DINO_CONFIG = {
-    "backbone": "resnet18",
-    "backbone_out_indices": [2],
-    "num_feature_levels": DEMO_MODEL_CONFIG["num_feature_levels"],
-    "d_model": DEMO_MODEL_CONFIG["d_model"],
-    "encoder_layers": DEMO_MODEL_CONFIG["encoder_layers"],
-    "decoder_layers": DEMO_MODEL_CONFIG["decoder_layers"],
-    "encoder_attention_heads": DEMO_MODEL_CONFIG["encoder_attention_heads"],
-    "decoder_attention_heads": DEMO_MODEL_CONFIG["decoder_attention_heads"],
-    "encoder_ffn_dim": DEMO_MODEL_CONFIG["encoder_ffn_dim"],
-    "decoder_ffn_dim": DEMO_MODEL_CONFIG["decoder_ffn_dim"],
-    "encoder_n_points": DEMO_MODEL_CONFIG["encoder_n_points"],
-    "decoder_n_points": DEMO_MODEL_CONFIG["decoder_n_points"],
-    "num_queries": DEMO_MODEL_CONFIG["num_queries"],
-    "dn_number": 20,
-    "dropout": 0.0,
-}
+DINO_CONFIG = DEMO_DINO_CONFIG  # train --model dino --preset demo
 
 
 def _curve(run_dir: Path) -> list[dict]:

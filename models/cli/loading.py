@@ -17,6 +17,7 @@ from models.ddetr import checkpoints
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.ddetr.modeling import DeformableDetrForObjectDetection
 from models.ddetr.variants import variant_fields
+from models.engine.families import build_detector, config_from_dict, family, family_of
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
 from models.processing.image_processing import DeformableDetrImageProcessor
 
@@ -45,8 +46,21 @@ MODEL_FLAGS = {
 }
 
 
+def model_family(ns: argparse.Namespace | None, default: str = "deformable-detr") -> str:
+    """The ``--model`` family name (``deformable-detr`` or ``dino``); ``default`` when not given."""
+    name = getattr(ns, "model", None) if ns is not None else None
+    return default if name is None else name
+
+
+_DEFORMABLE_DETR_ONLY = ("variant", "with_box_refine", "two_stage")
+
+
 def model_overrides(ns: argparse.Namespace) -> dict[str, Any]:
-    """Config fields set by the model flags (only those given)."""
+    """Config fields set by the model flags (only those given), in the ``--model`` family's names."""
+    if model_family(ns) == "dino":
+        given = [f"--{flag.replace('_', '-')}" for flag in _DEFORMABLE_DETR_ONLY if getattr(ns, flag, None) is not None]
+        if given:
+            raise CliError(f"{', '.join(given)}: Deformable DETR variant switches; DINO always uses two-stage proposals and box refinement")
     out: dict[str, Any] = {}
     if getattr(ns, "variant", None):
         out.update(variant_fields(ns.variant))
@@ -66,6 +80,10 @@ def model_overrides(ns: argparse.Namespace) -> dict[str, Any]:
             out[field] = value
     if getattr(ns, "out_indices", None):
         out["backbone_kwargs"] = {"out_indices": list(ns.out_indices), "in_chans": 3}
+    if model_family(ns) == "dino":
+        out.pop("two_stage_num_proposals", None)
+        if "backbone_kwargs" in out:
+            out["backbone_out_indices"] = out.pop("backbone_kwargs")["out_indices"]
     return out
 
 
@@ -73,10 +91,10 @@ _HF_FILE_KEYS = frozenset({"model_type", "architectures", "transformers_version"
                            "hidden_size", "num_attention_heads"})
 
 
-def check_config_keys(data: dict[str, Any], source: str) -> None:
-    """Raise ``CliError`` naming ``source`` and every key of ``data`` that no ``DeformableDetrConfig`` field
+def check_config_keys(data: dict[str, Any], source: str, config_class: type = DeformableDetrConfig) -> None:
+    """Raise ``CliError`` naming ``source`` and every key of ``data`` that no ``config_class`` field
     takes (a typo such as ``num_querys`` would otherwise be kept silently as an extra attribute)."""
-    known = set(inspect.signature(DeformableDetrConfig.__init__).parameters) - {"self", "kwargs"}
+    known = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
     known |= _HF_FILE_KEYS | _IGNORED_BASE_KEYS
     unknown = sorted(key for key in data if key not in known)
     if unknown:
@@ -84,13 +102,13 @@ def check_config_keys(data: dict[str, Any], source: str) -> None:
         for key in unknown:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise CliError(f"{source}: unknown DeformableDetrConfig field(s): {', '.join(hints)}")
+        raise CliError(f"{source}: unknown {config_class.__name__} field(s): {', '.join(hints)}")
 
 
-def read_config_file(path: str, flag: str = "--config") -> dict[str, Any]:
-    """The fields of a ``DeformableDetrConfig`` JSON named by ``flag``; unknown keys are an error naming them."""
-    data = read_json_file(path, flag, dict, "a JSON object of DeformableDetrConfig fields")
-    check_config_keys(data, f"{flag} {path!r}")
+def read_config_file(path: str, flag: str = "--config", config_class: type = DeformableDetrConfig) -> dict[str, Any]:
+    """The fields of a ``config_class`` JSON named by ``flag``; unknown keys are an error naming them."""
+    data = read_json_file(path, flag, dict, f"a JSON object of {config_class.__name__} fields")
+    check_config_keys(data, f"{flag} {path!r}", config_class)
     return data
 
 
@@ -186,17 +204,21 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
     try:
         if source.is_dir():
             _check_folder_json(source, path)
-            model = DeformableDetrForObjectDetection.from_pretrained(source)
+            model = family_of(read_json_file(str(source / "config.json"), f"--checkpoint {path!r}:", dict, "a JSON object")).detector_class.from_pretrained(source)
             if (source / "preprocessor_config.json").is_file():
                 processor = DeformableDetrImageProcessor.from_pretrained(source)
         elif source.name == STATE_FILE:
             state = load_training_state(source)
-            config = DeformableDetrConfig.from_dict(state["config"]).copy(use_pretrained_backbone=False)
-            model = DeformableDetrForObjectDetection(config)
+            config = config_from_dict(state["config"]).copy(use_pretrained_backbone=False)
+            model = build_detector(config)
             model.load_state_dict(state["model"])
             model.eval()
             train_args = state["train_args"]
             processor = make_processor(train_args["image_size"], train_args["max_size"])
+        elif model_family(ns) == "dino":
+            given = {**(read_config_file(ns.config, config_class=family("dino").config_class) if getattr(ns, "config", None) else {}), **model_overrides(ns)}
+            config = family("dino").config_class.from_dict(given) if given else None
+            model = family("dino").detector_class.from_pretrained(source, config=config, trust_pickle=trust)
         else:
             config = None
             overrides = model_overrides(ns) if ns is not None else {}

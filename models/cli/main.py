@@ -25,15 +25,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from models.cli.demo import DEMO_DATA_SEED, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS, run_demo
+from models.cli.demo import DEMO_DATA_SEED, DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS, run_demo
 from models.cli.detect import check_detect_inputs, detect_images
 from models.cli.errors import CliError, Interrupted, RunStopped, check_output_dir, is_user_os_error, read_json_file, run_command
-from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_overrides, read_config_file, resolve_device
+from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_family, model_overrides, read_config_file, resolve_device
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
-from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.variants import VARIANTS
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.families import FAMILIES, family
 from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
 
 # command-line flag -> TrainingArgs field
@@ -49,9 +49,11 @@ _TRAIN_FLAGS = (
 def _add_model_flags(parser: argparse.ArgumentParser, for_training: bool) -> None:
     group = parser.add_argument_group(
         "model" if for_training else "model (only for an original .pth without 'args')",
-        "Deformable DETR config fields; --config JSON gives any of them, flags override it",
+        "config fields of the model family; --config JSON gives any of them, flags override it",
     )
-    group.add_argument("--config", metavar="JSON", help="a DeformableDetrConfig JSON file (config.json layout)")
+    group.add_argument("--model", choices=sorted(FAMILIES), default=None,
+                       help="model family (default deformable-detr); a checkpoint folder's config.json names its own")
+    group.add_argument("--config", metavar="JSON", help="a DeformableDetrConfig (or, with --model dino, DinoConfig) JSON file (config.json layout)")
     if not for_training:
         group.add_argument("--trust-pickle", action="store_true",
                            help="allow an original .pth that holds arbitrary Python objects (it can run code: trusted files only)")
@@ -263,9 +265,9 @@ def cmd_detect(ns: argparse.Namespace) -> int:
 
 
 def build_train_setup(ns: argparse.Namespace):
-    """(TrainingArgs, DeformableDetrConfig) from the train command's flags and preset."""
-
-    train_values = dict(DEMO_TRAIN_ARGS) if ns.preset == "demo" else {}
+    """(TrainingArgs, config) from the train command's flags, preset and model family (``--model``)."""
+    chosen = family(model_family(ns))
+    train_values = dict(DEMO_TRAIN_ARGS) if ns.preset == "demo" else dict(chosen.recipe)
     for name in _TRAIN_FLAGS:
         value = getattr(ns, name, None)
         if value is not None:
@@ -277,15 +279,15 @@ def build_train_setup(ns: argparse.Namespace):
         raise CliError(str(err)) from err
 
     if ns.config:
-        base = read_config_file(ns.config)
+        base = read_config_file(ns.config, config_class=chosen.config_class)
     elif ns.preset == "demo":
-        base = dict(DEMO_MODEL_CONFIG)
+        base = dict(DEMO_DINO_CONFIG if chosen.name == "dino" else DEMO_MODEL_CONFIG)
     else:
         base = {"use_pretrained_backbone": False}
     base.update(model_overrides(ns))
     base.setdefault("use_pretrained_backbone", False)
     try:
-        config = DeformableDetrConfig.from_dict(base)
+        config = chosen.config_class.from_dict(base)
     except (ValueError, TypeError) as err:
         raise CliError(f"model config: {err}") from err
     if ns.preset != "demo" and not ns.resume and not config.use_pretrained_backbone and str(config.backbone).startswith("resnet"):
