@@ -1,18 +1,29 @@
-"""Runs the ```python blocks of a markdown page, in order, in one namespace (docs are tested code).
+"""Docs are tested code: the ```python blocks of a markdown page run, and its ```bash blocks are read.
 
-Blocks fenced with another language (```text, ```bash) are shown but not run.
+- :func:`run_page` runs the ```python blocks of a page, in order, in one namespace.
+- :func:`shell_blocks` gives the commands of the ```bash blocks (continuation lines joined, comments
+  dropped, ``&&`` chains split, leading ``NAME=value`` settings kept apart), with the marker of the
+  block: an HTML comment ``<!-- doc-test: WORDS -->`` on the line just before the fence (invisible
+  when the page is rendered). ``tests/test_readme.py`` runs the blocks marked ``run`` and checks that
+  every other command parses.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_SHELL = re.compile(r"^(?:<!--\s*doc-test:\s*(?P<marker>[^>]*?)\s*-->[ \t]*\n)?```(?:bash|sh|shell)[ \t]*\n(?P<body>.*?)^```[ \t]*$",
+                    re.MULTILINE | re.DOTALL)
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def python_blocks(text: str) -> list[str]:
@@ -34,3 +45,68 @@ def run_page(path: Path) -> dict:
     finally:
         torch.random.set_rng_state(state)
     return namespace
+
+
+@dataclass
+class Command:
+    """One shell command of a page: its words (after ``NAME=value`` settings), the settings, its line."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    line: str = ""
+
+
+@dataclass
+class ShellBlock:
+    """A ```bash block: its marker words (``run``, ...; empty without a marker) and its commands."""
+
+    marker: tuple[str, ...]
+    commands: list[Command]
+    text: str
+
+
+def _strip_comment(line: str) -> str:
+    """``line`` without a trailing ``# comment`` (a ``#`` that starts a word, outside quotes)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def parse_commands(body: str) -> list[Command]:
+    """The commands of a shell block body (see the module docstring)."""
+    logical, pending = [], ""
+    for raw in body.splitlines():
+        line = _strip_comment(raw)
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        if line.strip():
+            logical.append(line.strip())
+    commands = []
+    for line in logical:
+        for part in re.split(r"\s&&\s", line):
+            words = shlex.split(part)
+            env = {}
+            while words and _SETTING.match(words[0]):
+                name, _, value = words.pop(0).partition("=")
+                env[name] = value
+            if words:
+                commands.append(Command(words, env, part.strip()))
+    return commands
+
+
+def shell_blocks(text: str) -> list[ShellBlock]:
+    """Every ```bash / ```sh / ```shell block of a markdown text, in order."""
+    return [
+        ShellBlock(tuple((m.group("marker") or "").split()), parse_commands(m.group("body")), m.group("body"))
+        for m in _SHELL.finditer(text)
+    ]
