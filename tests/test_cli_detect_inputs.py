@@ -217,3 +217,9 @@ def test_labels_never_cover_each_other_while_there_is_room():
         for b in rects[i + 1 :]:
             assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]), (a, b)
     assert rects[0][:2] == (100, 84)  # the best score gets the first choice: just above its box
+
+
+def test_an_image_too_large_to_read_safely_is_refused_before_the_model_loads(photos, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a.png has 1200 pixels: Pillow only warns below twice the limit
+    with pytest.raises(CliError, match="a.png"):
+        check_detect_inputs([str(photos / "a.png")], 0.5, 100)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,8 +83,10 @@ def resolve_image_inputs(inputs: Sequence[str]) -> list[str]:
 def probe_image(path: str) -> tuple[int, int]:
     """``(width, height)`` from the file's header, without decoding its pixels; ``CliError`` when it is no image."""
     try:
-        with Image.open(path) as image:
-            return image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused by read_image too
+            with Image.open(path) as image:
+                return image.size
     except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a bad header; all mean "not an image"
         raise CliError(f"image {path!r} cannot be read: {err}") from err
 
