@@ -60,6 +60,13 @@ class DetectionConfig:
     def validate(self) -> None:  # pragma: no cover - every family implements it
         raise NotImplementedError
 
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The config's argument names (what ``from_pretrained`` may override)."""
+        import inspect
+
+        return frozenset(name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs"))
+
     # ----------------------------------------------------------------------------------- labels
     def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:
         if id2label is not None:

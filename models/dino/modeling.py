@@ -34,8 +34,10 @@ from detr_blocks.refinement import LookForwardTwice
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
 from models.common import checkpoint_files
 from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries
+from models.common.hub import PushToHubMixin
 from models.common.initialisation import xavier_feed_forward
 from models.common.multi_scale import MultiScaleFeatures, input_projections
+from models.common.pretrained import TiedStateDictMixin, auto_dtype, load_pretrained_files, place, resolve_device, split_loading_kwargs
 from models.dino import checkpoints
 from models.dino.config import DinoConfig
 from models.dino.criterion import DinoCriterion
@@ -222,17 +224,21 @@ def _heads(first: nn.Module, count: int, shared: bool) -> nn.ModuleList:
     return nn.ModuleList([first] * count if shared else [first] + [copy.deepcopy(first) for _ in range(count - 1)])
 
 
-class DinoForObjectDetection(nn.Module):
+class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
     """DINO with class and box heads on every decoder layer, and its training loss.
 
     ``class_embed`` / ``bbox_embed`` hold one head per decoder layer: the same module when
     ``dec_pred_*_embed_share`` (the authors' default), else one each. The encoder-proposal heads are
     the decoder's first ones with ``two_stage_*_embed_share``, else copies of their own.
+    ``state_dict()`` lists each shared tensor once (``TiedStateDictMixin``), so ``transformers.Trainer``
+    can save it with safetensors.
 
     Args:
         config: the ``DinoConfig``.
         backbone_body: another backbone network (see ``DinoModel``).
     """
+
+    main_input_name = "pixel_values"
 
     def __init__(self, config: DinoConfig, *, backbone_body: nn.Module | None = None) -> None:
         super().__init__()
@@ -335,30 +341,31 @@ class DinoForObjectDetection(nn.Module):
         config: DinoConfig | None = None,
         *,
         backbone_body: nn.Module | None = None,
-        ignore_mismatched_sizes: bool = False,
         strict: bool = True,
-        output_loading_info: bool = False,
         trust_pickle: bool = False,
-        **config_overrides: Any,
-    ):
-        """Load a DINO detector from a local checkpoint (nothing is downloaded).
+        **kwargs: Any,
+    ) -> Any:
+        """Load a DINO detector from a checkpoint.
 
         Args:
             path: a directory written by ``save_pretrained`` (``config.json`` + ``model.safetensors``
-                or ``pytorch_model.bin``), or a ``.pth`` written by the original DINO training script
-                (``{"model": state_dict, "args": Namespace}``).
-            config: the config to build; default: the directory's ``config.json``, or for a ``.pth``
+                or ``pytorch_model.bin``), a Hugging Face Hub repo id holding the same (resolved with
+                ``huggingface_hub`` and its cache), or a ``.pth`` written by the original DINO training
+                script (``{"model": state_dict, "args": Namespace}``).
+            config: the config to build; default: the checkpoint's ``config.json``, or for a ``.pth``
                 the architecture in its ``args`` and the class count of its class head.
             backbone_body: another backbone network to build the model with (see ``DinoModel``).
-            ignore_mismatched_sizes, strict, output_loading_info, trust_pickle: as
-                ``DeformableDetrForObjectDetection.from_pretrained``.
-            config_overrides: config fields to change.
+            strict: raise on missing or unexpected keys (else warn, naming them).
+            trust_pickle: allow a ``.pth`` holding Python objects such as the ``args`` Namespace
+                (trusted files only).
+            kwargs: the loading options of ``DeformableDetrForObjectDetection.from_pretrained``
+                (``ignore_mismatched_sizes``, ``output_loading_info``, ``torch_dtype``,
+                ``device_map``, ``revision``, ``cache_dir``, ``local_files_only``, ...) and config
+                fields to change; anything else raises ``TypeError`` naming it.
         """
+        options, overrides = split_loading_kwargs(kwargs, DinoConfig.field_names())
         path = os.fspath(path)
-        if os.path.isdir(path):
-            config = DinoConfig.from_pretrained(path) if config is None else config
-            state_dict, unmapped = checkpoint_files.read_state_dict(path), []
-        elif os.path.isfile(path):
+        if os.path.isfile(path):
             original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
             state_dict, unmapped = checkpoints.convert_original_state_dict(original)
             if config is None:
@@ -366,18 +373,25 @@ class DinoForObjectDetection(nn.Module):
                     raise ValueError(f"{path} has no 'args'; pass config= with the architecture it was trained with")
                 config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
         else:
-            raise FileNotFoundError(f"{path!r} is neither a checkpoint directory nor a file")
+            config_path, state_dict = load_pretrained_files(path, options)
+            if config is None:
+                if config_path is None:
+                    raise FileNotFoundError(f"no config.json for {path!r}: pass config=")
+                config = DinoConfig.from_json_file(config_path)
+            unmapped = []
         if not isinstance(config, DinoConfig):
             raise TypeError(f"config must be a models.DinoConfig, got {type(config).__name__}")
-        if config_overrides:
-            config = config.copy(**config_overrides)
+        if overrides:
+            config = config.copy(**overrides)
+        dtype = auto_dtype(config.extra, state_dict) if options.dtype == "auto" else options.dtype
         model = cls(config.copy(use_pretrained_backbone=False), backbone_body=backbone_body)
         model.config = model.model.config = config
         report = checkpoint_files.load_state_dict_into(
-            model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, strict=strict, unmapped_keys=unmapped
+            model, state_dict, ignore_mismatched_sizes=options.ignore_mismatched_sizes, strict=strict, unmapped_keys=unmapped
         )
+        place(model, dtype, resolve_device(options.device_map))
         model.eval()
-        return (model, report) if output_loading_info else model
+        return (model, report) if options.output_loading_info else model
 
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True) -> None:
         """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``); shared heads once."""
