@@ -25,7 +25,7 @@ BLOCKS = shell_blocks(TEXT)
 # what the run blocks get appended, so that they take seconds (the README says so next to the recipe)
 SMALLER = {
     "make-data": ["--train", "16", "--val", "4"],
-    "train": ["--epochs", "1", "--max-steps-per-epoch", "2", "--no-progress"],
+    "train": ["--epochs", "1", "--max-steps-per-epoch", "2"],
     "demo": ["--test-images", "20", "--num-images", "2"],
 }
 
