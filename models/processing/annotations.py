@@ -340,3 +340,39 @@ def pad_target(
 def target_to_torch(target: Target, device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """Numpy target -> torch tensors on ``device``."""
     return {key: torch.as_tensor(value).to(device) for key, value in target.items()}
+
+
+def pad_annotation(
+    annotation: Mapping[str, Any],
+    input_size: tuple[int, int],
+    output_size: tuple[int, int],
+    update_bboxes: bool,
+    pad_masks: Callable[[Array, tuple[int, int]], Array],
+) -> dict[str, Any]:
+    """A model-format annotation (``boxes``, ``masks``, ``size``, ...) after bottom/right padding.
+
+    The ``pad`` methods' rule (as in ``transformers``): ``size`` becomes ``output_size`` (a tuple), masks are
+    padded with zeros, relative boxes are rescaled to the padded canvas when ``update_bboxes``; other entries
+    are kept. The input is not modified.
+    """
+    if not isinstance(annotation, Mapping):
+        raise ValueError(f"annotations must hold dicts, got {type(annotation).__name__}")
+    out: dict[str, Any] = {"size": tuple(output_size)}
+    for key, value in annotation.items():
+        if key == "masks":
+            out[key] = pad_masks(value, tuple(output_size))
+        elif key == "boxes" and update_bboxes:
+            ratios = [
+                input_size[1] / output_size[1],
+                input_size[0] / output_size[0],
+                input_size[1] / output_size[1],
+                input_size[0] / output_size[0],
+            ]
+            if isinstance(value, torch.Tensor):
+                out[key] = value * torch.as_tensor(ratios, device=value.device)
+            else:
+                value = np.asarray(value)
+                out[key] = (value * np.asarray(ratios)).astype(value.dtype, copy=False)
+        elif key != "size":
+            out[key] = value
+    return out

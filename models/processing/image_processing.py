@@ -9,6 +9,7 @@ it carry over.
 from __future__ import annotations
 
 import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,14 +20,15 @@ import torch
 from models.processing.annotations import (
     check_annotations,
     normalize_target_boxes,
+    pad_annotation,
     pad_target,
     prepare_target,
     resize_target,
 )
 from models.processing.batch import BatchFeature
 from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_to_array
-from models.processing.options import ImageProcessorOptions, ResolvedOptions
-from models.processing.sizes import output_size
+from models.processing.options import BILINEAR, ImageProcessorOptions, ResolvedOptions, _resample_int
+from models.processing.sizes import normalize_pad_size, normalize_size, output_size
 
 _DATA_FORMATS = ("channels_first", "channels_last")
 
@@ -49,6 +51,34 @@ def _to_hwc3(image: Any, input_data_format: str | None, index: int) -> np.ndarra
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return array
+
+
+def _image_array(image: Any, name: str = "image") -> np.ndarray:
+    """``image`` as a numeric numpy array (the methods' input check)."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"{name} must hold integers or floats, got dtype {image.dtype}")
+    return image
+
+
+def _layouts(image: np.ndarray, data_format: Any, input_data_format: Any) -> tuple[str, str]:
+    """(input layout, output layout) of one image: ``input_data_format`` or inferred; ``data_format`` or the input's."""
+    source = channel_layout(image.shape, normalize_data_format(input_data_format), 0)
+    target = normalize_data_format(data_format) or source
+    if (source == "none") != (target == "none"):
+        raise ValueError(f"data_format {data_format!r} does not fit an image of shape {image.shape}")
+    return source, target
+
+
+def _relayout(image: np.ndarray, source: str, target: str) -> np.ndarray:
+    if source == target or source == "none":
+        return image
+    return image.transpose(1, 2, 0) if source == "first" else image.transpose(2, 0, 1)
+
+
+def _spatial(image: np.ndarray, layout: str) -> tuple[int, int]:
+    return tuple(image.shape[1:]) if layout == "first" else tuple(image.shape[:2])
 
 
 def _pil_ready(image: np.ndarray, index: int) -> tuple[np.ndarray, bool]:
@@ -121,6 +151,161 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
         do_pad / pad_size: pad bottom/right with zeros to the batch maximum or to ``pad_size``
             ``{"height", "width"}`` and return ``pixel_mask`` (1 = real pixel).
     """
+
+    # ---- single steps, with the signatures of transformers' DeformableDetrImageProcessor -------------------
+
+    def resize(
+        self,
+        image: np.ndarray,
+        size: Mapping[str, int] | int | Sequence[int],
+        resample: int = BILINEAR,
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Resize one image with PIL by the ``size`` rule of ``preprocess``.
+
+        Args:
+            image: ``[C, H, W]``, ``[H, W, C]`` or ``[H, W]`` array; uint8, integer-valued in [0, 255], or
+                floats in [0, 1] (scaled to uint8 for PIL and back to float32 afterwards).
+            size: ``{"shortest_edge", "longest_edge"}``, ``{"height", "width"}`` or ``{"max_height", "max_width"}``.
+            resample: PIL filter (``PIL.Image.Resampling`` or its int, LANCZOS included).
+            data_format: output channel layout (default: the input's).
+            input_data_format: channel layout of ``image`` (default: inferred).
+            kwargs: ``max_size`` (deprecated), ``reducing_gap`` (PIL), ``return_numpy`` (False: a PIL image).
+
+        Returns the resized array (uint8 for 8-bit input, float32 for [0, 1] input).
+        """
+        max_size = kwargs.pop("max_size", None)
+        reducing_gap = kwargs.pop("reducing_gap", None)
+        return_numpy = kwargs.pop("return_numpy", True)
+        if kwargs:
+            raise TypeError(f"resize() got unexpected keyword arguments {sorted(kwargs)}")
+        image = _image_array(image)
+        size = normalize_size(size)
+        if max_size is not None:
+            warnings.warn("max_size is deprecated: use size['longest_edge']", FutureWarning, stacklevel=2)
+            if "longest_edge" in size:
+                size = {**size, "longest_edge": max_size}
+        resample = _resample_int(BILINEAR if resample is None else resample)
+        source, target = _layouts(image, data_format, input_data_format)
+        height, width = _spatial(image, source)
+        new_height, new_width = output_size(height, width, size)
+        hwc = _relayout(image, source, "last")
+        pil_array, scaled = _pil_ready(hwc[:, :, 0] if hwc.ndim == 3 and hwc.shape[2] == 1 else hwc, 0)
+        resized = PIL.Image.fromarray(pil_array).resize((new_width, new_height), resample=resample, reducing_gap=reducing_gap)
+        if not return_numpy:
+            return resized
+        out = np.asarray(resized)
+        if source != "none" and out.ndim == 2:
+            out = out[:, :, None]
+        out = _relayout(out, "last" if source != "none" else "none", target)
+        if scaled:
+            out = (out.astype(np.float64) * (1 / 255)).astype(np.float32)
+        return np.ascontiguousarray(out)
+
+    def rescale(
+        self,
+        image: np.ndarray,
+        rescale_factor: float,
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+    ) -> np.ndarray:
+        """``image * rescale_factor`` computed in float64, returned as float32 (in ``data_format`` if given)."""
+        image = _image_array(image)
+        if isinstance(rescale_factor, bool) or not isinstance(rescale_factor, (int, float)):
+            raise ValueError(f"rescale_factor must be a number, got {rescale_factor!r}")
+        out = image.astype(np.float64) * rescale_factor
+        if data_format is not None:
+            source, target = _layouts(image, data_format, input_data_format)
+            out = _relayout(out, source, target)
+        return out.astype(np.float32)
+
+    def normalize(
+        self,
+        image: np.ndarray,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+    ) -> np.ndarray:
+        """``(image - mean) / std`` per channel; integer images become float32, float images keep their dtype.
+
+        ``mean`` / ``std``: one number, or one per channel (a ``ValueError`` otherwise).
+        """
+        image = _image_array(image)
+        source, target = _layouts(image, data_format, input_data_format)
+        channels = 1 if source == "none" else image.shape[0 if source == "first" else -1]
+        if not np.issubdtype(image.dtype, np.floating):
+            image = image.astype(np.float32)
+        stats = []
+        for name, value in (("mean", mean), ("std", std)):
+            values = [value] * channels if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
+            if len(values) != channels:
+                raise ValueError(f"{name} must have {channels} elements (one per channel), got {len(values)}")
+            stats.append(np.asarray(values, dtype=image.dtype))
+        shape = (-1, 1, 1) if source == "first" else (-1,)
+        out = (image - stats[0].reshape(shape)) / stats[1].reshape(shape)
+        return _relayout(out, source, target)
+
+    def pad(
+        self,
+        images: Sequence[np.ndarray],
+        annotations: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        constant_values: float = 0,
+        return_pixel_mask: bool = True,
+        return_tensors: str | None = None,
+        data_format: str | None = None,
+        input_data_format: str | None = None,
+        update_bboxes: bool = True,
+        pad_size: Mapping[str, int] | None = None,
+    ) -> BatchFeature:
+        """Pad ``images`` at the bottom/right with ``constant_values`` to the largest height and width (or ``pad_size``).
+
+        Args:
+            images: list of ``[C, H, W]`` / ``[H, W, C]`` arrays.
+            annotations: one model-format dict per image (``boxes``, ``masks``, ``size``, ...): masks are padded,
+                ``size`` becomes the padded size, relative boxes are rescaled when ``update_bboxes``.
+            return_pixel_mask: add ``pixel_mask`` (int64 ``[H, W]`` per image, 1 on real pixels).
+            return_tensors: ``None`` (lists of arrays), ``"np"`` or ``"pt"`` (stacked).
+            data_format / input_data_format: output / input channel layout (default: the input's / inferred).
+            pad_size: ``{"height", "width"}`` (default: this processor's ``pad_size``, else the batch maximum).
+
+        Returns a ``BatchFeature`` with ``pixel_values``, ``pixel_mask`` and, with annotations, ``labels``.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ValueError(f"images must be a non-empty list of arrays, got {type(images).__name__}")
+        images = [_image_array(image, f"images[{index}]") for index, image in enumerate(images)]
+        if isinstance(annotations, Mapping):
+            annotations = [annotations]
+        if annotations is not None and len(annotations) != len(images):
+            raise ValueError(f"annotations: {len(annotations)} for {len(images)} images")
+        if isinstance(constant_values, bool) or not isinstance(constant_values, (int, float)):
+            raise ValueError(f"constant_values must be a number, got {constant_values!r}")
+        layouts = [_layouts(image, data_format, input_data_format) for image in images]
+        sizes = [_spatial(image, source) for image, (source, _) in zip(images, layouts)]
+        pad_size = normalize_pad_size(pad_size if pad_size is not None else self.pad_size)
+        padded_size = _padded_size(sizes, pad_size)
+        pixel_values, pixel_masks, labels = [], [], []
+        for index, (image, (source, target), size) in enumerate(zip(images, layouts, sizes)):
+            spatial = [(0, padded_size[0] - size[0]), (0, padded_size[1] - size[1])]
+            pad_width = [(0, 0), *spatial] if source == "first" else spatial + [(0, 0)] * (image.ndim - 2)
+            pixel_values.append(_relayout(np.pad(image, pad_width, mode="constant", constant_values=constant_values), source, target))
+            mask = np.zeros(padded_size, dtype=np.int64)
+            mask[: size[0], : size[1]] = 1
+            pixel_masks.append(mask)
+            if annotations is not None:
+                labels.append(pad_annotation(annotations[index], size, padded_size, update_bboxes, _pad_masks))
+        data: dict[str, Any] = {"pixel_values": pixel_values}
+        if return_pixel_mask:
+            data["pixel_mask"] = pixel_masks
+        if annotations is not None:
+            data["labels"] = labels
+        return BatchFeature(data, return_tensors=return_tensors)
+
+    # ---- the whole pipeline -------------------------------------------------------------------------------
 
     def preprocess(
         self,
@@ -202,7 +387,7 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
         data: dict[str, Any] = {}
         channels_first = data_format == "channels_first"
         if options.do_pad:
-            padded_size = _padded_size(processed, options.pad_size)
+            padded_size = _padded_size([array.shape[:2] for array in processed], options.pad_size)
             # One canvas for the whole batch, written once in the output layout (no later stack/transpose).
             shape = (len(processed), 3, *padded_size) if channels_first else (len(processed), *padded_size, 3)
             canvas = np.zeros(shape, dtype=np.result_type(*processed))
@@ -230,9 +415,9 @@ class DeformableDetrImageProcessor(ImageProcessorOptions):
         return BatchFeature(data, return_tensors=return_tensors)
 
 
-def _padded_size(images: list[np.ndarray], pad_size: dict[str, int] | None) -> tuple[int, int]:
-    max_height = max(image.shape[0] for image in images)
-    max_width = max(image.shape[1] for image in images)
+def _padded_size(sizes: Sequence[tuple[int, int]], pad_size: dict[str, int] | None) -> tuple[int, int]:
+    max_height = max(size[0] for size in sizes)
+    max_width = max(size[1] for size in sizes)
     if pad_size is None:
         return max_height, max_width
     if pad_size["height"] < max_height or pad_size["width"] < max_width:

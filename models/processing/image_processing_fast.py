@@ -9,6 +9,7 @@ float copy, pad copy and stack copy per image), and from running on the images' 
 from __future__ import annotations
 
 import pathlib
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from models.processing.annotations import (
     check_annotations,
     normalize_target_boxes,
+    pad_annotation,
     pad_target,
     prepare_target,
     resize_target,
@@ -28,15 +30,89 @@ from models.processing.annotations import (
 )
 from models.processing.batch import BatchFeature
 from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_to_array
-from models.processing.options import ImageProcessorOptions, ResolvedOptions
-from models.processing.sizes import output_size
+from models.processing.options import ImageProcessorOptions, ResolvedOptions, _resample_int, check_keyword
+from models.processing.sizes import normalize_size, output_size
 
-# PIL filter number -> torchvision mode (tensors support these three).
+# PIL filter number -> torchvision mode (tensors support these four; LANCZOS through torch's antialiased
+# "lanczos" interpolation where the installed torch has it, else through ``lanczos_resize`` below).
 _INTERPOLATION = {
     0: InterpolationMode.NEAREST_EXACT,
+    1: InterpolationMode.LANCZOS,
     2: InterpolationMode.BILINEAR,
     3: InterpolationMode.BICUBIC,
 }
+_NATIVE_LANCZOS: bool | None = None
+
+
+def _native_lanczos() -> bool:
+    """Whether torchvision resizes tensors with LANCZOS on the installed torch (checked once)."""
+    global _NATIVE_LANCZOS
+    if _NATIVE_LANCZOS is None:
+        try:
+            TF.resize(torch.zeros(1, 4, 4), [2, 2], interpolation=InterpolationMode.LANCZOS, antialias=True)
+            _NATIVE_LANCZOS = True
+        except (ValueError, NotImplementedError, RuntimeError):
+            _NATIVE_LANCZOS = False
+    return _NATIVE_LANCZOS
+
+
+def _lanczos_matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """``[out_size, in_size]`` weights of an antialiased Lanczos-3 resampling (PIL's filter and support)."""
+    scale = in_size / out_size
+    stretch = max(scale, 1.0)
+    centers = (torch.arange(out_size, dtype=torch.float64, device=device) + 0.5) * scale
+    first = torch.clamp(torch.floor(centers - 3.0 * stretch + 0.5), min=0)
+    last = torch.clamp(torch.floor(centers + 3.0 * stretch + 0.5), max=in_size)
+    source = torch.arange(in_size, dtype=torch.float64, device=device)
+    x = (source[None, :] - centers[:, None] + 0.5) / stretch
+    weights = torch.where(x.abs() < 3.0, torch.sinc(x) * torch.sinc(x / 3.0), torch.zeros_like(x))
+    inside = (source[None, :] >= first[:, None]) & (source[None, :] < last[:, None])
+    weights = weights * inside
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def lanczos_resize(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Antialiased Lanczos-3 resize of ``[..., C, H, W]`` to ``size`` (height, width), on any torch version and device.
+
+    uint8 input is rounded and clamped back to uint8; floating input keeps its dtype. Used when torch has no
+    native ``"lanczos"`` interpolation (same filter and support, so the two agree to float rounding).
+    """
+    height, width = int(size[0]), int(size[1])
+    rows = _lanczos_matrix(image.shape[-2], height, image.device)
+    cols = _lanczos_matrix(image.shape[-1], width, image.device)
+    out = rows @ image.to(torch.float64) @ cols.T
+    if image.dtype == torch.uint8:
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.to(image.dtype if image.is_floating_point() else torch.float32)
+
+
+def _resize(image: torch.Tensor, size: Sequence[int], interpolation: InterpolationMode, **kwargs: Any) -> torch.Tensor:
+    """torchvision's resize (antialiased by default), LANCZOS through ``lanczos_resize`` where torch lacks it."""
+    if interpolation == InterpolationMode.LANCZOS and not _native_lanczos():
+        if kwargs.get("antialias", True) is False:
+            raise ValueError("LANCZOS interpolation requires antialias=True")
+        return lanczos_resize(image, size)
+    return TF.resize(image, list(size), interpolation=interpolation, **{"antialias": True, **kwargs})
+
+
+def _size_dict(size: Any) -> dict[str, int]:
+    """A ``size`` given as a dict, an int/pair, or an object with attributes (transformers' ``SizeDict``)."""
+    if isinstance(size, (Mapping, int, tuple, list)):
+        return normalize_size(size)
+    keys = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
+    found = {key: getattr(size, key, None) for key in keys}
+    return normalize_size({key: value for key, value in found.items() if value is not None})
+
+
+def _interpolation(value: Any) -> InterpolationMode:
+    if value is None:
+        return InterpolationMode.BILINEAR
+    if isinstance(value, InterpolationMode):
+        return value
+    number = _resample_int(value)
+    if number not in _INTERPOLATION:
+        raise ValueError(f"interpolation must be nearest (0), LANCZOS (1), bilinear (2) or bicubic (3), got {value!r}")
+    return _INTERPOLATION[number]
 
 
 def _to_chw(image: Any, input_data_format: str | None, index: int, device: torch.device | None) -> torch.Tensor:
@@ -99,10 +175,88 @@ def _normalization(options: ResolvedOptions, device: torch.device) -> tuple[torc
 class DeformableDetrImageProcessorFast(ImageProcessorOptions):
     """Fast Deformable DETR image processor on torch tensors (also PIL images and numpy arrays), batched.
 
-    Takes the same arguments as ``DeformableDetrImageProcessor``; ``resample`` must be nearest (0),
-    bilinear (2, default) or bicubic (3). ``preprocess(..., device="cuda")`` moves the images there first;
-    tensors already on a GPU are processed where they are. Always returns torch tensors.
+    Takes the same arguments as ``DeformableDetrImageProcessor``; ``resample`` must be nearest (0), LANCZOS
+    (1), bilinear (2, default) or bicubic (3). Also takes the ``transformers`` fast processor's defaults for
+    ``preprocess``: ``device`` (images are moved there first; tensors already on a GPU are processed where
+    they are), ``return_segmentation_masks``, ``do_convert_rgb`` (PIL images of other modes converted with
+    ``.convert("RGB")``), ``input_data_format``, ``return_tensors`` (None or "pt"), ``data_format``
+    ("channels_first") and ``default_to_square``. Always returns torch tensors.
     """
+
+    _flavour = "fast"
+
+    # ---- single steps, with the signatures of transformers' DeformableDetrImageProcessorFast ---------------
+
+    def resize(
+        self, image: torch.Tensor, size: Any, interpolation: InterpolationMode | int | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Resize ``[..., C, H, W]`` by the ``size`` rule of ``preprocess`` (torchvision, antialiased).
+
+        Args:
+            image: a tensor ``[C, H, W]`` or a batch ``[B, C, H, W]`` of one size.
+            size: ``{"shortest_edge", "longest_edge"}``, ``{"height", "width"}`` or ``{"max_height", "max_width"}``
+                (a dict or transformers' ``SizeDict``).
+            interpolation: a torchvision ``InterpolationMode`` or a PIL filter (default bilinear; LANCZOS works).
+            kwargs: passed to ``torchvision.transforms.v2.functional.resize`` (``antialias``, ``max_size``).
+        """
+        if not isinstance(image, torch.Tensor) or image.ndim < 3:
+            raise TypeError(f"image must be a torch tensor [..., C, H, W], got {type(image).__name__}")
+        new_size = output_size(image.shape[-2], image.shape[-1], _size_dict(size))
+        return _resize(image, new_size, _interpolation(interpolation), **kwargs)
+
+    def rescale(self, image: torch.Tensor, scale: float, **kwargs: Any) -> torch.Tensor:
+        """``image * scale`` (other keywords are ignored with a warning, as transformers ignores them)."""
+        if kwargs:
+            warnings.warn(f"rescale: unused keyword arguments {sorted(kwargs)} are ignored", UserWarning, stacklevel=2)
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"image must be a torch tensor, got {type(image).__name__}")
+        return image * scale
+
+    def normalize(
+        self, image: torch.Tensor, mean: float | Sequence[float], std: float | Sequence[float], **kwargs: Any
+    ) -> torch.Tensor:
+        """``(image - mean) / std`` per channel of a floating ``[..., C, H, W]`` tensor (torchvision's normalize)."""
+        if kwargs:
+            warnings.warn(f"normalize: unused keyword arguments {sorted(kwargs)} are ignored", UserWarning, stacklevel=2)
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"image must be a torch tensor, got {type(image).__name__}")
+        channels = image.shape[-3]
+        mean = [mean] * channels if isinstance(mean, (int, float)) else mean
+        std = [std] * channels if isinstance(std, (int, float)) else std
+        return TF.normalize(image, mean, std)
+
+    def pad(
+        self,
+        image: torch.Tensor,
+        padded_size: tuple[int, int],
+        annotation: dict[str, Any] | None = None,
+        update_bboxes: bool = True,
+        fill: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
+        """Pad ``image`` (``[..., C, H, W]``) at the bottom/right with ``fill`` to ``padded_size`` (height, width).
+
+        Returns ``(padded image, pixel_mask int64 [H, W] with 1 on real pixels, annotation)``; the annotation
+        (model format: ``boxes``, ``masks``, ``size``, ...) gets padded masks, ``size`` = ``padded_size`` and,
+        with ``update_bboxes``, relative boxes rescaled to the padded canvas. An image already of
+        ``padded_size`` comes back as is.
+        """
+        if not isinstance(image, torch.Tensor) or image.ndim < 2:
+            raise TypeError(f"image must be a torch tensor [..., H, W], got {type(image).__name__}")
+        if len(padded_size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in padded_size):
+            raise ValueError(f"padded_size must be (height, width) ints, got {padded_size!r}")
+        height, width = image.shape[-2:]
+        bottom, right = padded_size[0] - height, padded_size[1] - width
+        if bottom < 0 or right < 0:
+            raise ValueError(f"padded_size {tuple(padded_size)} is smaller than the image ({height}x{width})")
+        if (bottom, right) != (0, 0):
+            image = TF.pad(image, [0, 0, right, bottom], fill=fill)
+            if annotation is not None:
+                annotation = pad_annotation(annotation, (height, width), tuple(padded_size), update_bboxes, _pad_masks)
+        pixel_mask = torch.zeros(tuple(padded_size), dtype=torch.int64, device=image.device)
+        pixel_mask[:height, :width] = 1
+        return image, pixel_mask, annotation
+
+    # ---- the whole pipeline -------------------------------------------------------------------------------
 
     def preprocess(
         self,
@@ -122,10 +276,12 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
         do_pad: bool | None = None,
         format: str | None = None,
         return_tensors: str | None = None,
-        data_format: str = "channels_first",
+        data_format: str | None = None,
         input_data_format: str | None = None,
         pad_size: Any | None = None,
         device: str | torch.device | None = None,
+        do_convert_rgb: bool | None = None,
+        default_to_square: bool | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Prepare ``images`` (and their COCO ``annotations``) for the model.
@@ -149,18 +305,27 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
                 do_pad=do_pad,
                 format=format,
                 pad_size=pad_size,
+                default_to_square=default_to_square,
                 kwargs=kwargs,
             )
         )
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors must be None or 'pt' for the fast processor, got {return_tensors!r}")
-        if data_format != "channels_first":
-            raise ValueError(f"data_format must be 'channels_first' for the fast processor, got {data_format!r}")
+        return_tensors = check_keyword("return_tensors", return_tensors if return_tensors is not None else self.return_tensors)
+        check_keyword("data_format", data_format)
         if options.do_resize and options.resample not in _INTERPOLATION:
-            raise ValueError(f"resample must be 0 (nearest), 2 (bilinear) or 3 (bicubic), got {options.resample}")
-        layout = normalize_data_format(input_data_format)
-        device = torch.device(device) if device is not None else None
+            raise ValueError(
+                f"resample must be 0 (nearest), 1 (LANCZOS), 2 (bilinear) or 3 (bicubic), got {options.resample}"
+            )
+        layout = normalize_data_format(input_data_format if input_data_format is not None else self.input_data_format)
+        device = check_keyword("device", device if device is not None else self.device)
+        if return_segmentation_masks is None:
+            return_segmentation_masks = self.return_segmentation_masks
+        do_convert_rgb = check_keyword("do_convert_rgb", do_convert_rgb if do_convert_rgb is not None else self.do_convert_rgb)
         image_list = flatten_images(images)
+        if do_convert_rgb:
+            image_list = [
+                image.convert("RGB") if isinstance(image, PIL.Image.Image) and image.mode != "RGB" else image
+                for image in image_list
+            ]
         targets_in = check_annotations(annotations, options.format, len(image_list), bool(return_segmentation_masks))
         tensors = [_to_chw(image, layout, index, device) for index, image in enumerate(image_list)]
         for index, tensor in enumerate(tensors):
@@ -186,7 +351,7 @@ class DeformableDetrImageProcessorFast(ImageProcessorOptions):
             if options.do_resize:
                 new_size = output_size(orig_size[0], orig_size[1], options.size)
                 interpolation = _INTERPOLATION[options.resample]
-                tensor = TF.resize(tensor, list(new_size), interpolation=interpolation, antialias=True)
+                tensor = _resize(tensor, new_size, interpolation)
                 if targets is not None:
                     targets[index] = resize_target(targets[index], orig_size, new_size, _resize_masks)
             if targets is not None and options.do_convert_annotations:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models.processing.annotations import check_format
+from models.processing.images import normalize_data_format
 from models.processing.postprocess import post_process_object_detection as _post_process_object_detection
 from models.processing.sizes import DEFAULT_SIZE, normalize_pad_size, normalize_size
 
@@ -28,25 +29,123 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 BILINEAR = 2  # PIL.Image.Resampling.BILINEAR
 CONFIG_NAME = "preprocessor_config.json"
 
-# Keys found in saved Hugging Face processor configs that carry no processing option.
-_BOOKKEEPING_KEYS = frozenset(
-    {"image_processor_type", "feature_extractor_type", "processor_class", "_processor_class", "auto_map"}
-)
-# Keys of the reference fast processor's config with no meaning here; accepted only when unset/default.
-_UNSET_KEYS = frozenset(
-    {
-        "crop_size",
-        "do_center_crop",
-        "do_convert_rgb",
-        "return_tensors",
-        "input_data_format",
-        "device",
-        "disable_grouping",
-        "return_segmentation_masks",
-        "default_to_square",
-        "data_format",
-    }
-)
+# ---- keywords of the transformers processors beyond the regular options -------------------------------
+#
+# transformers never rejects a keyword in a processor's constructor (an unknown one becomes an attribute) and
+# only logs "Unused or unrecognized kwargs" in ``preprocess``. Here every keyword it accepts is accepted too,
+# and this table says what each one does in each class; a keyword in no table gives a ``UserWarning`` naming
+# it (and is ignored), never a silent attribute.
+
+HONOUR = "honour"  # stored by the constructor and used as the per-call default
+IGNORE = "ignore"  # accepted; a value other than the unset ones warns that it has no effect (as in transformers)
+REFUSE = "refuse"  # accepted when unset; another value raises NotImplementedError naming it
+SILENT = "silent"  # accepted and ignored without a word (bookkeeping keys, speed knobs of the reference)
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """How one keyword of the ``transformers`` processors is treated here.
+
+    ``unset``: the values that mean "not given" (accepted silently whatever the action). ``slow`` / ``fast``:
+    the action in the constructor of ``DeformableDetrImageProcessor`` / ``...Fast``; ``fast_call``: the action
+    when passed to the fast processor's ``preprocess`` (the slow ``preprocess`` takes the reference's explicit
+    arguments and warns about any other keyword, as the reference does). ``why``: said in warnings/errors.
+    """
+
+    unset: tuple[Any, ...]
+    slow: str
+    fast: str
+    fast_call: str
+    why: str
+
+
+KEYWORDS: dict[str, Keyword] = {
+    "device": Keyword((None,), IGNORE, HONOUR, HONOUR, "where the fast processor works and returns tensors"),
+    "return_segmentation_masks": Keyword((None,), IGNORE, HONOUR, HONOUR, "default of preprocess(return_segmentation_masks=)"),
+    "do_convert_rgb": Keyword((None,), IGNORE, HONOUR, HONOUR, "PIL images of other modes converted with .convert('RGB')"),
+    "input_data_format": Keyword((None,), IGNORE, HONOUR, HONOUR, "channel axis of the input images"),
+    "return_tensors": Keyword((None,), IGNORE, HONOUR, HONOUR, "the fast processor returns torch tensors"),
+    "data_format": Keyword((None, "channels_first"), IGNORE, HONOUR, HONOUR, "only channels_first output"),
+    "default_to_square": Keyword((None, False), IGNORE, HONOUR, HONOUR, "an int size means a square"),
+    "disable_grouping": Keyword((None, False, True), SILENT, SILENT, SILENT, "a speed knob of the reference"),
+    "do_center_crop": Keyword(
+        (None, False), IGNORE, IGNORE, IGNORE, "Deformable DETR processors never crop (transformers ignores it too)"
+    ),
+    "crop_size": Keyword((None,), IGNORE, IGNORE, IGNORE, "Deformable DETR processors never crop (transformers ignores it too)"),
+}
+# Keys of saved configs that carry no processing option.
+for _name in ("image_processor_type", "feature_extractor_type", "processor_class", "_processor_class", "auto_map"):
+    KEYWORDS[_name] = Keyword((), SILENT, SILENT, SILENT, "bookkeeping key of saved configs")
+
+
+def take_keywords(kwargs: dict[str, Any], owner: str, flavour: str, where: str, stacklevel: int = 3) -> dict[str, Any]:
+    """Apply ``KEYWORDS`` to the leftover ``kwargs`` of a constructor or ``preprocess`` call.
+
+    Args:
+        kwargs: the keywords no explicit parameter took (consumed: the dict is emptied).
+        owner: the class name, for messages.
+        flavour: ``"slow"`` or ``"fast"``.
+        where: ``"constructor"`` or ``"preprocess"``.
+
+    Returns the honoured keywords (name -> value); warns about ignored and unknown ones (``UserWarning``
+    naming them) and raises ``NotImplementedError`` for refused ones with a value that is not unset.
+    """
+    honoured: dict[str, Any] = {}
+    unused = []
+    for name in sorted(kwargs):
+        value = kwargs.pop(name)
+        rule = KEYWORDS.get(name)
+        if rule is None:
+            unused.append(name)
+            continue
+        action = {"constructor": {"slow": rule.slow, "fast": rule.fast}[flavour], "preprocess": rule.fast_call if flavour == "fast" else IGNORE}[where]
+        if action == HONOUR:
+            honoured[name] = value
+        elif action == SILENT or _is_unset(value, rule.unset):
+            continue
+        elif action == REFUSE:
+            raise NotImplementedError(f"{owner}: {name}={value!r} is not implemented ({rule.why})")
+        else:
+            why = f"only the fast processor uses it ({rule.why})" if flavour == "slow" and rule.fast == HONOUR else rule.why
+            warnings.warn(f"{owner} ignores {name}={value!r}: {why}", UserWarning, stacklevel=stacklevel)
+    if unused:
+        warnings.warn(
+            f"{owner} {where}: unused or unrecognized keyword arguments {unused} are ignored", UserWarning, stacklevel=stacklevel
+        )
+    return honoured
+
+
+def _is_unset(value: Any, unset: tuple[Any, ...]) -> bool:
+    return any(value is item or (type(value) is type(item) and value == item) for item in unset)
+
+
+def check_keyword(name: str, value: Any) -> Any:
+    """Check (and canonicalise) the value of an honoured ``KEYWORDS`` entry; ``None`` means unset."""
+    if value is None:
+        return None
+    if name == "device":
+        if not isinstance(value, (str, torch.device)):
+            raise ValueError(f"device must be a str or torch.device, got {value!r}")
+        try:
+            return torch.device(value)
+        except RuntimeError as error:
+            raise ValueError(f"device: {error}") from error
+    if name in ("return_segmentation_masks", "do_convert_rgb", "default_to_square"):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool or None, got {value!r}")
+        return value
+    if name == "input_data_format":
+        normalize_data_format(value)
+        return getattr(value, "value", value)
+    if name == "return_tensors":
+        if getattr(value, "value", value) != "pt":
+            raise ValueError(f"return_tensors must be None or 'pt' for the fast processor, got {value!r}")
+        return "pt"
+    if name == "data_format":
+        if getattr(value, "value", value) != "channels_first":
+            raise ValueError(f"data_format must be 'channels_first' for the fast processor, got {value!r}")
+        return "channels_first"
+    return value  # pragma: no cover - every honoured keyword is listed above
 
 
 @dataclass(frozen=True)
@@ -91,6 +190,7 @@ class ImageProcessorOptions:
     """Constructor arguments, per-call resolution and (de)serialisation of the image processor options."""
 
     model_input_names = ["pixel_values", "pixel_mask"]
+    _flavour = "slow"  # which column of KEYWORDS applies
 
     def __init__(
         self,
@@ -114,12 +214,10 @@ class ImageProcessorOptions:
         max_size = kwargs.pop("max_size", None)
         if max_size is not None:
             warnings.warn("max_size is deprecated: use size['longest_edge']", FutureWarning, stacklevel=2)
-        for key in _UNSET_KEYS & set(kwargs):
-            if kwargs[key] not in (None, False, "channels_first"):
-                raise ValueError(f"{key}={kwargs[key]!r} is not supported by {type(self).__name__}")
-        unknown = sorted(set(kwargs) - _BOOKKEEPING_KEYS - _UNSET_KEYS)
-        if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected arguments {unknown}")
+        honoured = take_keywords(kwargs, type(self).__name__, self._flavour, "constructor")
+        for name, rule in KEYWORDS.items():
+            if (rule.slow if self._flavour == "slow" else rule.fast) == HONOUR:
+                setattr(self, name, check_keyword(name, honoured.get(name)))
 
         size = dict(DEFAULT_SIZE) if size is None else size
         if max_size is not None and isinstance(size, int):
@@ -152,12 +250,15 @@ class ImageProcessorOptions:
             warnings.warn("max_size is deprecated: use size['longest_edge']", FutureWarning, stacklevel=3)
             base = normalize_size(overrides.get("size") or self.size)
             overrides["size"] = {**base, "longest_edge": kwargs.pop("max_size")} if "longest_edge" in base else base
-        if kwargs:
-            raise TypeError(f"preprocess got unexpected arguments {sorted(kwargs)}")
+        take_keywords(kwargs, type(self).__name__, self._flavour, "preprocess", stacklevel=4)
 
         def pick(name: str) -> Any:
             value = overrides.get(name)
-            return getattr(self, name) if value is None else value
+            return getattr(self, name, None) if value is None else value
+
+        size = pick("size")
+        if pick("default_to_square") and isinstance(size, int) and not isinstance(size, bool):
+            size = {"height": size, "width": size}  # transformers' default_to_square=True reading of an int
 
         rescale_factor = pick("rescale_factor")
         do_rescale = bool(pick("do_rescale"))
@@ -175,7 +276,7 @@ class ImageProcessorOptions:
         return ResolvedOptions(
             format=check_format(pick("format")),
             do_resize=bool(pick("do_resize")),
-            size=normalize_size(pick("size")),
+            size=normalize_size(size),
             resample=_resample_int(pick("resample")),
             do_rescale=do_rescale,
             rescale_factor=float(rescale_factor),
@@ -227,7 +328,17 @@ class ImageProcessorOptions:
             "do_pad": self.do_pad,
             "pad_size": None if self.pad_size is None else dict(self.pad_size),
             "image_processor_type": type(self).__name__,
+            **self._honoured_keywords(),
         }
+
+    def _honoured_keywords(self) -> dict[str, Any]:
+        """The honoured ``KEYWORDS`` set on this processor (JSON-able; unset ones left out)."""
+        out = {}
+        for name, rule in KEYWORDS.items():
+            value = getattr(self, name, None) if (rule.slow if self._flavour == "slow" else rule.fast) == HONOUR else None
+            if value is not None:
+                out[name] = str(value) if isinstance(value, torch.device) else value
+        return out
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> "ImageProcessorOptions":
@@ -247,14 +358,45 @@ class ImageProcessorOptions:
         return str(path)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ImageProcessorOptions":
-        """Load from a local directory holding ``preprocessor_config.json`` (or that JSON file itself)."""
-        file = pathlib.Path(path)
-        if file.is_dir():
-            file = file / CONFIG_NAME
-        if not file.is_file():
-            raise ValueError(f"path: no {CONFIG_NAME} at {str(path)!r} (only local directories are supported)")
-        return cls.from_dict(json.loads(file.read_text()), **overrides)
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        cache_dir: str | os.PathLike | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        revision: str = "main",
+        **kwargs: Any,
+    ) -> "ImageProcessorOptions":
+        """Load ``preprocessor_config.json`` from a directory, the JSON file itself, or a Hub repo id.
+
+        A repo id (``"SenseTime/deformable-detr"``) is resolved by ``models.common.hub.resolve_file`` through
+        ``huggingface_hub`` and its cache, honouring ``revision``, ``cache_dir``, ``local_files_only``,
+        ``token``, ``force_download``, ``subfolder``, ``proxies`` and ``HF_HUB_OFFLINE``. The remaining
+        ``kwargs`` override the loaded options (as in ``from_dict``).
+        """
+        from models.common.hub import HubOptions, resolve_file
+
+        hub_names = ("subfolder", "proxies")
+        options = HubOptions(
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            force_download=force_download,
+            **{name: kwargs.pop(name) for name in hub_names if name in kwargs},
+        )
+        for name in ("return_unused_kwargs", "trust_remote_code", "_from_auto", "_from_pipeline", "use_fast"):
+            kwargs.pop(name, None)  # loading switches of transformers with no meaning here
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(path):
+            file = path
+        else:
+            try:
+                file = resolve_file(path, CONFIG_NAME, options)
+            except FileNotFoundError as error:
+                raise ValueError(f"pretrained_model_name_or_path: {error}") from error
+        return cls.from_dict(json.loads(pathlib.Path(file).read_text()), **kwargs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({json.dumps(self.to_dict(), sort_keys=True)})"
