@@ -14,6 +14,8 @@ Environment variables:
     MSDA_BUILD_CUDA=0        never compile the CUDA sources.
     MSDA_CACHE_DIR=PATH      where compiled libraries are kept (default ~/.cache/msda).
     MSDA_VERBOSE_BUILD=1     show the compiler's output.
+    MSDA_CPU_ISA=avx2        build the CPU kernels for AVX2 even where torch reports AVX-512 (to measure
+                             AVX2-only machines; the flags are part of the cache entry's name).
 """
 
 from __future__ import annotations
@@ -74,12 +76,21 @@ def _env_true(name: str) -> bool:
 
 def _cpu_flags() -> list[str]:
     flags = ["-O3", "-fopenmp", "-fno-trapping-math"]  # the C++ standard is torch's choice (C++20 for torch >= 2.10)
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = cpu_isa()
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma", "-mf16c"]
     if capability == "AVX512":  # 32 vector registers for the fp32 kernels' 8-lane vectors: 1.1x forward
         flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]
     return flags
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels are built for: torch's CPU capability ("AVX512", "AVX2",
+    "DEFAULT", ...), capped at AVX2 when ``MSDA_CPU_ISA=avx2``."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if _env_flag("MSDA_CPU_ISA") == "avx2" and capability == "AVX512":
+        return "AVX2"
+    return capability
 
 
 def _cuda_arch_list() -> str:
