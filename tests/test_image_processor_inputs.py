@@ -222,12 +222,18 @@ def test_slow_warns_on_images_already_in_unit_range():
         (dict(resample=9), ValueError, "resample"),
         (dict(return_tensors="tf"), ValueError, "return_tensors"),
         (dict(input_data_format="sideways"), ValueError, "input_data_format"),
-        (dict(not_an_option=1), TypeError, "not_an_option"),
     ],
 )
 def test_bad_options(cls, kwargs, error, message):
     with pytest.raises(error, match=message):
         cls()(rgb(), **kwargs)
+
+
+@pytest.mark.parametrize("cls", PROCESSORS)
+def test_unknown_keyword_warns(cls):
+    # issue 16: transformers warns about (and ignores) unknown keywords; so do we (no longer a TypeError)
+    with pytest.warns(UserWarning, match="not_an_option"):
+        cls()(rgb(), not_an_option=1)
 
 
 @pytest.mark.parametrize("cls", PROCESSORS)
@@ -240,8 +246,9 @@ def test_unpadded_different_sizes_cannot_be_stacked(cls):
 
 
 def test_fast_refuses_filters_torchvision_lacks():
+    # LANCZOS is accepted since issue 16 (tests/test_hf_processor_surface.py); BOX and HAMMING are not
     with pytest.raises(ValueError, match="resample"):
-        DeformableDetrImageProcessorFast()(rgb(), resample=PIL.Image.Resampling.LANCZOS)
+        DeformableDetrImageProcessorFast()(rgb(), resample=PIL.Image.Resampling.BOX)
     with pytest.raises(ValueError, match="data_format"):
         DeformableDetrImageProcessorFast()(rgb(), data_format="channels_last")
 
@@ -249,9 +256,10 @@ def test_fast_refuses_filters_torchvision_lacks():
 def test_constructor_checks():
     with pytest.raises(ValueError, match="format"):
         DeformableDetrImageProcessor(format="yolo")
-    with pytest.raises(TypeError, match="colour"):
+    # issue 16: transformers accepts any constructor keyword; we accept and warn, naming it
+    with pytest.warns(UserWarning, match="colour"):
         DeformableDetrImageProcessorFast(colour=True)
-    with pytest.raises(ValueError, match="do_center_crop"):
+    with pytest.warns(UserWarning, match="do_center_crop"):
         DeformableDetrImageProcessor(do_center_crop=True)
 
 

@@ -80,9 +80,11 @@ def lanczos_resize(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     height, width = int(size[0]), int(size[1])
     rows = _lanczos_matrix(image.shape[-2], height, image.device)
     cols = _lanczos_matrix(image.shape[-1], width, image.device)
-    out = rows @ image.to(torch.float64) @ cols.T
     if image.dtype == torch.uint8:
-        return out.round_().clamp_(0, 255).to(torch.uint8)
+        # Two 8-bit passes, horizontal then vertical, as PIL and torch's native uint8 kernels do.
+        wide = (image.to(torch.float64) @ cols.T).round_().clamp_(0, 255)
+        return (rows @ wide).round_().clamp_(0, 255).to(torch.uint8)
+    out = rows @ image.to(torch.float64) @ cols.T
     return out.to(image.dtype if image.is_floating_point() else torch.float32)
 
 

@@ -395,7 +395,7 @@ class ImageProcessorOptions:
             try:
                 file = resolve_file(path, CONFIG_NAME, options)
             except FileNotFoundError as error:
-                raise ValueError(f"pretrained_model_name_or_path: {error}") from error
+                raise ValueError(f"pretrained_model_name_or_path: no {CONFIG_NAME} at {path!r}: {error}") from error
         return cls.from_dict(json.loads(pathlib.Path(file).read_text()), **kwargs)
 
     def __repr__(self) -> str:
