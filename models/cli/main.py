@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=None, help="validation images (default 100)")
     p.add_argument("--test", type=int, default=0, help="test images (default 0)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
-    p.add_argument("--image-size", type=int, help=f"square image side in pixels (default: the preset's, {DEMO_SPEC.image_size[1]} for demo)")
+    p.add_argument("--image-size", type=int, help=f"square image side in pixels (default: the preset's, {DEMO_SPEC.image_size[1]} for demo, {SyntheticSpec().image_size[1]} for default)")
     p.add_argument("--classes", nargs="+", help="shape names: circle square triangle cross ring diamond")
     p.add_argument("--max-objects", type=int)
     return parser
