@@ -47,7 +47,9 @@ setup(
             "scikit-image",
             "timm",
             "accelerate",
+            "ruff==0.17.6",
         ],
+        "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["deformable-detr=models.cli.main:main"]},
 )

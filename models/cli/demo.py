@@ -63,21 +63,9 @@ DEMO_MODEL_CONFIG: dict[str, Any] = {
 """``DeformableDetrConfig`` fields of the demo detector (the rest keep their defaults)."""
 
 DEMO_DINO_CONFIG: dict[str, Any] = {
-    "backbone": "resnet18",
-    "backbone_out_indices": [2],
-    "num_feature_levels": 2,
-    "d_model": 64,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_attention_heads": 4,
-    "decoder_attention_heads": 4,
-    "encoder_ffn_dim": 128,
-    "decoder_ffn_dim": 128,
-    "encoder_n_points": 4,
-    "decoder_n_points": 4,
-    "num_queries": 20,
+    **{key: value for key, value in DEMO_MODEL_CONFIG.items() if key not in ("backbone_kwargs", "two_stage_num_proposals", "with_box_refine", "two_stage")},
+    "backbone_out_indices": DEMO_MODEL_CONFIG["backbone_kwargs"]["out_indices"],
     "dn_number": 20,
-    "dropout": 0.0,
 }
 """``DinoConfig`` fields of ``train --model dino --preset demo``: the demo detector's backbone and
 widths, with DINO's denoising (20 queries before grouping), mixed query selection and

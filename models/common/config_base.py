@@ -9,9 +9,13 @@ A family's config subclasses ``DetectionConfig``, sets ``model_type``, stores it
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from typing import Any
+
+from models.common.hub import HubOptions, resolve_file
+from models.common.pretrained import HUB_OPTIONS
 
 
 def check_positive_ints(config: Any, names: tuple[str, ...], minimum: int = 1) -> None:
@@ -63,8 +67,6 @@ class DetectionConfig:
     @classmethod
     def field_names(cls) -> frozenset[str]:
         """The config's argument names (what ``from_pretrained`` may override)."""
-        import inspect
-
         return frozenset(name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs"))
 
     # ----------------------------------------------------------------------------------- labels
@@ -140,11 +142,13 @@ class DetectionConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> DetectionConfig:
-        """Read ``config.json`` from a local directory (or a JSON file path)."""
+        """Read ``config.json`` from a local directory, a JSON file path, or a Hugging Face Hub
+        repo id (through ``huggingface_hub`` and its cache; ``revision``, ``cache_dir``,
+        ``local_files_only``, ``token``, ``force_download``, ``subfolder`` and ``HF_HUB_OFFLINE``
+        are honoured). Other keywords override config fields."""
         path = os.fspath(path)
-        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no config.json at {path!r}")
+        hub = HubOptions(**{name: overrides.pop(name) for name in HUB_OPTIONS if name in overrides})
+        file = path if os.path.isfile(path) else resolve_file(path, "config.json", hub)
         return cls.from_json_file(file, **overrides)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -66,3 +67,16 @@ def rename_state_dict(
         else:
             unmapped.append(key)
     return converted, unmapped
+
+
+def original_arg(args: Any, name: str, default: Any) -> Any:
+    """``args.name`` of an original checkpoint's ``args`` (a Namespace or a dict), or ``default``."""
+    return args.get(name, default) if isinstance(args, Mapping) else getattr(args, name, default)
+
+
+def original_num_labels(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Number of classes of an original-repository (or converted) state dict, from its class head."""
+    for key in ("class_embed.0.weight", "class_embed.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    raise ValueError("the checkpoint has no class head (class_embed.0.weight); cannot tell the number of classes")

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from models.common.hub import HubOptions
+from models.common.checkpoint_files import CONFIG_NAME, PYTORCH_NAME, SAFETENSORS_NAME, read_original_checkpoint, read_state_dict
+from models.common.hub import HubOptions, resolve_file
 
 # Accepted and without effect here (what they tune does not exist in this library).
 NO_OP_OPTIONS = frozenset({"low_cpu_mem_usage", "trust_remote_code", "_fast_init", "resume_download", "mirror",
@@ -117,8 +118,6 @@ def load_pretrained_files(name_or_path: str | os.PathLike, options: LoadingOptio
     ``pytorch_model.bin`` (read with ``weights_only``); ``use_safetensors=True`` requires the
     first, False skips it. Sharded checkpoints are not supported.
     """
-    from models.common.checkpoint_files import CONFIG_NAME, PYTORCH_NAME, SAFETENSORS_NAME, read_state_dict
-    from models.common.hub import resolve_file
 
     name = os.fspath(name_or_path)
     config_path = resolve_file(name, CONFIG_NAME, options.hub, required=False)
@@ -255,3 +254,38 @@ class TiedStateDictMixin:
                 for name in names:
                     state.setdefault(name, state[present[0]])
         return super().load_state_dict(state, strict=strict, assign=assign)  # type: ignore[misc]
+
+
+class OriginalFormat(NamedTuple):
+    """How a family reads its original repository's ``.pth``: key renaming, config from ``args``,
+    and the class count from the (renamed) state dict."""
+
+    convert: Callable[[Mapping[str, torch.Tensor]], tuple[dict[str, torch.Tensor], list[str]]]
+    config_from_args: Callable[[Any, int], Any]
+    num_labels: Callable[[Mapping[str, torch.Tensor]], int]
+
+
+def read_checkpoint(
+    path: str | os.PathLike, config: Any, options: LoadingOptions, *, trust_pickle: bool, config_class: type, original: OriginalFormat
+) -> tuple[Any, dict[str, torch.Tensor], list[str], bool]:
+    """``(config, state dict, unmapped keys, from_original)`` of any checkpoint a family loads.
+
+    ``path`` is an original ``.pth`` file (renamed by ``original``; config from its ``args`` unless
+    ``config`` is given), or a directory / Hub repo id in our layout (config from ``config.json``).
+    """
+
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        checkpoint, args = read_original_checkpoint(path, trust_pickle=trust_pickle)
+        state_dict, unmapped = original.convert(checkpoint)
+        if config is None:
+            if args is None:
+                raise ValueError(f"{path} has no 'args'; pass config= with the architecture it was trained with")
+            config = original.config_from_args(args, original.num_labels(state_dict))
+        return config, state_dict, unmapped, True
+    config_path, state_dict = load_pretrained_files(path, options)
+    if config is None:
+        if config_path is None:
+            raise FileNotFoundError(f"no config.json for {path!r}: pass config=")
+        config = config_class.from_json_file(config_path)
+    return config, dict(state_dict), [], False

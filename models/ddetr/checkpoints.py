@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models.backbones.hf_resnet import hf_resnet_key_to_torchvision, torchvision_key_to_hf_resnet
+from models.common.key_rules import original_arg as _arg
 from models.common.key_rules import rename_state_dict
 from models.ddetr.config import DeformableDetrConfig
 
@@ -70,12 +71,6 @@ def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
     return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ORIGINAL_ALIASES, in_proj=_IN_PROJ)
 
 
-def _arg(args: Any, name: str, default: Any) -> Any:
-    if isinstance(args, Mapping):
-        return args.get(name, default)
-    return getattr(args, name, default)
-
-
 def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> DeformableDetrConfig:
     """A config for the variant an original-repository run trained (its ``args``).
 
@@ -116,14 +111,6 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
     }
     values.update(overrides)
     return DeformableDetrConfig(**values)
-
-
-def original_num_labels(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Number of classes of an original-repository (or converted) state dict, from its class head."""
-    for key in ("class_embed.0.weight", "class_embed.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0])
-    raise ValueError("the checkpoint has no class head (class_embed.0.weight); cannot tell the number of classes")
 
 
 def hf_decoder_alias(key: str) -> str | None:

@@ -9,11 +9,10 @@ written back unchanged.
 from __future__ import annotations
 
 import copy
-import json
-import os
 from typing import Any
 
 from detr_blocks.activation import ACTIVATIONS
+from models.common.config_base import DetectionConfig
 
 MODEL_TYPE = "deformable_detr"
 
@@ -51,7 +50,7 @@ def default_backbone_kwargs(dilation: bool, num_feature_levels: int, num_channel
     return kwargs
 
 
-class DeformableDetrConfig:
+class DeformableDetrConfig(DetectionConfig):
     """Configuration of ``DeformableDetrModel`` / ``DeformableDetrForObjectDetection``.
 
     Defaults give the paper's Deformable DETR (ResNet-50, 4 levels, 6+6 layers, 300 queries).
@@ -213,7 +212,7 @@ class DeformableDetrConfig:
         self.output_attentions = output_attentions
         self.output_hidden_states = output_hidden_states
         self.return_dict = return_dict
-        self._set_labels(num_labels, id2label, label2id)
+        self._set_labels(2 if num_labels is None and id2label is None else num_labels, id2label, label2id)  # 2: transformers' default
         self.extra: dict[str, Any] = {}
         for key, value in kwargs.items():
             if key in ("model_type", "use_return_dict"):
@@ -222,38 +221,6 @@ class DeformableDetrConfig:
                 continue
             self.extra[key] = copy.deepcopy(value)
         self.validate()
-
-    # ----------------------------------------------------------------------------------- labels
-    def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:
-        if id2label is not None:
-            if not isinstance(id2label, dict):
-                raise TypeError(f"id2label must be a dict {{int: str}}, got {type(id2label).__name__}")
-            id2label = {int(key): str(value) for key, value in id2label.items()}
-            if num_labels is not None and num_labels != len(id2label):
-                raise ValueError(f"num_labels ({num_labels}) does not match len(id2label) ({len(id2label)})")
-        else:
-            count = 2 if num_labels is None else num_labels
-            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
-            id2label = {index: f"LABEL_{index}" for index in range(count)}
-        if label2id is None:
-            label2id = {name: index for index, name in id2label.items()}
-        elif not isinstance(label2id, dict):
-            raise TypeError(f"label2id must be a dict {{str: int}}, got {type(label2id).__name__}")
-        self.id2label = id2label
-        self.label2id = {str(key): int(value) for key, value in label2id.items()}
-
-    @property
-    def num_labels(self) -> int:
-        """Number of classes of the detection head (``len(id2label)``)."""
-        return len(self.id2label)
-
-    @num_labels.setter
-    def num_labels(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"num_labels must be a positive int, got {value!r}")
-        if value != len(self.id2label):
-            self._set_labels(value, None, None)
 
     def _default_backbone_kwargs(self) -> dict[str, Any]:
         return default_backbone_kwargs(self.dilation, self.num_feature_levels, self.num_channels)
@@ -361,46 +328,6 @@ class DeformableDetrConfig:
                 f"(out_indices {list(indices)})"
             )
 
-    # -------------------------------------------------------------------------- serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """All fields as a JSON-able dict in the Hugging Face layout (``id2label`` keys as strings)."""
-        data: dict[str, Any] = {}
-        for key, value in self.__dict__.items():
-            if key in ("extra", "id2label", "label2id"):
-                continue
-            data[key] = copy.deepcopy(value)
-        data["id2label"] = {str(index): name for index, name in self.id2label.items()}
-        data["label2id"] = dict(self.label2id)
-        data["model_type"] = MODEL_TYPE
-        for key, value in self.extra.items():
-            data.setdefault(key, copy.deepcopy(value))
-        return dict(sorted(data.items()))
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        """Write ``to_dict()`` as JSON to ``path``."""
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json_string())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "DeformableDetrConfig":
-        """Build from a dict such as ``to_dict()`` or a Hugging Face ``config.json``; ``overrides`` win."""
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict, got {type(data).__name__}")
-        model_type = data.get("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ValueError(f"config has model_type {model_type!r}, expected {MODEL_TYPE!r}")
-        merged = {**data, **overrides}
-        return cls(**merged)
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "DeformableDetrConfig":
-        """Read a JSON file written by ``to_json_file`` or by ``transformers``."""
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle), **overrides)
-
     @classmethod
     def field_names(cls) -> frozenset[str]:
         """Names ``from_pretrained`` may override: the arguments, their aliases, the base keys."""
@@ -426,28 +353,6 @@ class DeformableDetrConfig:
         data = {key: value for key, value in config.to_dict().items() if key not in ("dtype", "torch_dtype", "transformers_version")}
         return cls.from_dict(data)
 
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "DeformableDetrConfig":
-        """Read ``config.json`` from a local directory, a JSON file path, or a Hugging Face Hub
-        repo id (through ``huggingface_hub`` and its cache; ``revision``, ``cache_dir``,
-        ``local_files_only``, ``token``, ``force_download``, ``subfolder`` and ``HF_HUB_OFFLINE``
-        are honoured). Other keywords override config fields."""
-        from models.common.hub import HubOptions, resolve_file
-        from models.common.pretrained import HUB_OPTIONS
-
-        path = os.fspath(path)
-        hub = HubOptions(**{name: overrides.pop(name) for name in HUB_OPTIONS if name in overrides})
-        if os.path.isfile(path):
-            file = path
-        else:
-            file = resolve_file(path, "config.json", hub)
-        return cls.from_json_file(file, **overrides)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``directory/config.json``."""
-        os.makedirs(directory, exist_ok=True)
-        self.to_json_file(os.path.join(directory, "config.json"))
-
     def copy(self, **overrides: Any) -> "DeformableDetrConfig":
         """A copy with some fields replaced (validated again)."""
         data = self.to_dict()
@@ -457,9 +362,3 @@ class DeformableDetrConfig:
             data.pop("id2label")
             data.pop("label2id")
         return type(self).from_dict(data, **overrides)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, DeformableDetrConfig) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__} {self.to_json_string()}"

@@ -8,33 +8,30 @@ Parameter names are those of the Hugging Face models (``model.backbone.conv_enco
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer
-from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer
+from detr_blocks.decoder import DeformableDecoder
 from detr_blocks.functional import refine_boxes
 from detr_blocks.losses import SetCriterion
 from detr_blocks.matcher import HungarianMatcher
-from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
 from models.common import checkpoint_files
 from models.common.deformable_transformer import DeformableTransformerModel
 from models.common.hub import PushToHubMixin
-from models.common.initialisation import xavier_feed_forward
+from models.common.key_rules import original_num_labels
+from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
 from models.common.multi_scale import input_projections
 from models.common.outputs import resolve_output_flags
-from models.common.pretrained import TiedStateDictMixin, load_pretrained_files, place, split_loading_kwargs
+from models.common.pretrained import OriginalFormat, TiedStateDictMixin, auto_dtype, place, read_checkpoint, split_loading_kwargs
 from models.ddetr import checkpoints
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.outputs import DeformableDetrModelOutput, DeformableDetrObjectDetectionOutput
 from models.ddetr.query_selection import LearnedQueries, TwoStageProposals
-from msda import MultiScaleDeformableAttention
 
 
 def _check_config(config: Any) -> DeformableDetrConfig:
@@ -42,43 +39,6 @@ def _check_config(config: Any) -> DeformableDetrConfig:
         raise TypeError(f"config must be a models.DeformableDetrConfig, got {type(config).__name__}")
     config.validate()
     return config
-
-
-def _deformable_attention(config: DeformableDetrConfig, num_heads: int, num_points: int) -> MultiScaleDeformableAttention:
-    return MultiScaleDeformableAttention(
-        config.d_model, num_heads, config.num_feature_levels, num_points, use_reference=config.disable_custom_kernels
-    )
-
-
-def _encoder(config: DeformableDetrConfig) -> DeformableEncoder:
-    layers = [
-        DeformableEncoderLayer(
-            config.d_model,
-            config.encoder_ffn_dim,
-            self_attn=_deformable_attention(config, config.encoder_attention_heads, config.encoder_n_points),
-            dropout=config.dropout,
-            activation_dropout=config.activation_dropout,
-            activation=config.activation_function,
-        )
-        for _ in range(config.encoder_layers)
-    ]
-    return DeformableEncoder(layers)
-
-
-def _decoder_layers(config: DeformableDetrConfig) -> list[DeformableDecoderLayer]:
-    return [
-        DeformableDecoderLayer(
-            config.d_model,
-            config.decoder_ffn_dim,
-            encoder_attn=_deformable_attention(config, config.decoder_attention_heads, config.decoder_n_points),
-            num_heads=config.decoder_attention_heads,
-            dropout=config.dropout,
-            attention_dropout=config.attention_dropout,
-            activation_dropout=config.activation_dropout,
-            activation=config.activation_function,
-        )
-        for _ in range(config.decoder_layers)
-    ]
 
 
 def _backbone(config: DeformableDetrConfig) -> BackboneWithPositions:
@@ -126,8 +86,8 @@ class DeformableDetrModel(PushToHubMixin, DeformableTransformerModel):
                 query_selection = TwoStageProposals(config.two_stage_num_proposals, config.d_model)
             else:
                 query_selection = LearnedQueries(config.num_queries, config.d_model)
-        encoder = _encoder(config)
-        decoder = DeformableDecoder(_decoder_layers(config), bbox_embed=bbox_embed, class_embed=class_embed if config.two_stage else None)
+        encoder = encoder_stack(config)
+        decoder = DeformableDecoder(decoder_layers(config), bbox_embed=bbox_embed, class_embed=class_embed if config.two_stage else None)
         level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
         nn.init.normal_(level_embed)
         super().__init__(
@@ -141,8 +101,6 @@ class DeformableDetrModel(PushToHubMixin, DeformableTransformerModel):
             output_class=DeformableDetrModelOutput,
         )
         self.config = config
-        xavier_feed_forward(self.encoder)
-        xavier_feed_forward(self.decoder.layers)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: Any = None, *, strict: bool = True, **kwargs: Any) -> Any:
@@ -158,20 +116,6 @@ class DeformableDetrModel(PushToHubMixin, DeformableTransformerModel):
         """Write ``config.json`` (``architectures: ["DeformableDetrModel"]``) and the weights, keys
         without the ``model.`` prefix, as ``transformers``' bare model writes them."""
         _save_pretrained(self, directory, "DeformableDetrModel", safe_serialization, push_to_hub, hub_kwargs)
-
-
-def _box_head(config: DeformableDetrConfig) -> MLP:
-    head = MLP(config.d_model, config.d_model, 4, num_layers=3)
-    nn.init.zeros_(head.layers[-1].weight)
-    nn.init.zeros_(head.layers[-1].bias)
-    return head
-
-
-def _class_head(config: DeformableDetrConfig) -> nn.Linear:
-    head = nn.Linear(config.d_model, config.num_labels)
-    prior = 0.01  # the paper's focal-loss prior: every class starts at probability 0.01
-    nn.init.constant_(head.bias, -math.log((1 - prior) / prior))
-    return head
 
 
 class DeformableDetrForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
@@ -193,13 +137,13 @@ class DeformableDetrForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Mo
         self.config = _check_config(config)
         num_heads = config.decoder_layers + (1 if config.two_stage else 0)
         if config.with_box_refine:
-            class_heads = [_class_head(config) for _ in range(num_heads)]
-            box_heads = [_box_head(config) for _ in range(num_heads)]
+            class_heads = [class_head(config) for _ in range(num_heads)]
+            box_heads = [box_head(config) for _ in range(num_heads)]
             nn.init.constant_(box_heads[0].layers[-1].bias[2:], 0.0 if config.two_stage else -2.0)
         else:
-            class_head, box_head = _class_head(config), _box_head(config)
-            nn.init.constant_(box_head.layers[-1].bias[2:], -2.0)
-            class_heads, box_heads = [class_head] * num_heads, [box_head] * num_heads
+            shared_class, shared_box = class_head(config), box_head(config)
+            nn.init.constant_(shared_box.layers[-1].bias[2:], -2.0)
+            class_heads, box_heads = [shared_class] * num_heads, [shared_box] * num_heads
         class_embed, bbox_embed = nn.ModuleList(class_heads), nn.ModuleList(box_heads)
         self.model = DeformableDetrModel(config, bbox_embed=bbox_embed if config.with_box_refine else None, class_embed=class_embed)
         self.class_embed = class_embed
@@ -366,34 +310,20 @@ def _from_pretrained(cls: type, path: str | os.PathLike, config: Any, *, strict:
     options, overrides = split_loading_kwargs(kwargs, DeformableDetrConfig.field_names())
     if config is not None:
         config = DeformableDetrConfig.from_transformers(config)
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
-        state_dict, unmapped = checkpoints.convert_original_state_dict(original)
-        if config is None:
-            if args is None:
-                raise ValueError(f"{path} has no 'args'; pass config= with the variant it was trained as")
-            config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
-    else:
-        config_path, state_dict = load_pretrained_files(path, options)
-        if config is None:
-            if config_path is None:
-                raise FileNotFoundError(f"no config.json for {path!r}: pass config=")
-            config = DeformableDetrConfig.from_json_file(config_path)
-        state_dict = _detection_layout(dict(state_dict))
+    original = OriginalFormat(checkpoints.convert_original_state_dict, checkpoints.config_from_original_args, original_num_labels)
+    config, state_dict, unmapped, from_original = read_checkpoint(
+        path, config, options, trust_pickle=trust_pickle, config_class=DeformableDetrConfig, original=original
+    )
+    if not from_original:
+        state_dict = _detection_layout(state_dict)
         if config.backbone_config is not None:  # transformers' own ResNet: its names → torchvision's
             state_dict = checkpoints.backbone_keys_from_transformers(state_dict)
-        unmapped = []
     if overrides:
         config = config.copy(**overrides)
     dropped: list[str] = []
     if bare:
         state_dict, dropped = _bare_layout(state_dict)
-    dtype = options.dtype
-    if dtype == "auto":
-        from models.common.pretrained import auto_dtype
-
-        dtype = auto_dtype(config.extra, state_dict)
+    dtype = auto_dtype(config.extra, state_dict) if options.dtype == "auto" else options.dtype
     # the checkpoint provides the backbone weights: never look for ImageNet ones
     model = cls(config.copy(use_pretrained_backbone=False))
     model.config = config

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from models.common.key_rules import original_arg as _arg
 from models.common.key_rules import rename_state_dict
 from models.dino.config import DinoConfig
 
@@ -65,18 +66,6 @@ _IMPLEMENTED: dict[str, Any] = {
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an original DINO state dict to our key layout; returns (renamed, keys matching no rule)."""
     return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ALIASES, in_proj=_IN_PROJ)
-
-
-def original_num_labels(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Number of classes of an original (or converted) state dict, from its class head."""
-    for key in ("class_embed.0.weight", "class_embed.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0])
-    raise ValueError("the checkpoint has no class head (class_embed.0.weight); cannot tell the number of classes")
-
-
-def _arg(args: Any, name: str, default: Any) -> Any:
-    return args.get(name, default) if isinstance(args, Mapping) else getattr(args, name, default)
 
 
 def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> DinoConfig:

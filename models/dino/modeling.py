@@ -15,19 +15,17 @@ What is DINO's own here, over the shared ``DeformableTransformerModel`` steps:
 from __future__ import annotations
 
 import copy
-import math
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer, DeformableDecoderOutput
+from detr_blocks.decoder import DeformableDecoder, DeformableDecoderOutput
 from detr_blocks.denoising import contrastive_denoising_queries, split_denoising_outputs
-from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer, DeformableEncoderOutput
+from detr_blocks.encoder import DeformableEncoderOutput
 from detr_blocks.functional import refine_boxes
 from detr_blocks.matcher import HungarianMatcher
-from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import SinePositionEmbedding
 from detr_blocks.query_position import BoxQueryPosition
 from detr_blocks.refinement import LookForwardTwice
@@ -35,15 +33,15 @@ from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_
 from models.common import checkpoint_files
 from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries
 from models.common.hub import PushToHubMixin
-from models.common.initialisation import xavier_feed_forward
+from models.common.key_rules import original_num_labels
+from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
 from models.common.multi_scale import MultiScaleFeatures, input_projections
-from models.common.pretrained import TiedStateDictMixin, auto_dtype, load_pretrained_files, place, resolve_device, split_loading_kwargs
+from models.common.pretrained import OriginalFormat, TiedStateDictMixin, auto_dtype, place, read_checkpoint, resolve_device, split_loading_kwargs
 from models.dino import checkpoints
 from models.dino.config import DinoConfig
 from models.dino.criterion import DinoCriterion
 from models.dino.outputs import DinoModelOutput, DinoObjectDetectionOutput
 from models.dino.query_selection import MixedQuerySelection
-from msda import MultiScaleDeformableAttention
 
 BOX_EPS = 1e-3  # DINO's inverse_sigmoid clamps at 1e-3 (Deformable DETR: 1e-5)
 
@@ -55,42 +53,10 @@ def _check_config(config: Any) -> DinoConfig:
     return config
 
 
-def _attention(config: DinoConfig, num_heads: int, num_points: int) -> MultiScaleDeformableAttention:
-    return MultiScaleDeformableAttention(config.d_model, num_heads, config.num_feature_levels, num_points, use_reference=config.disable_custom_kernels)
-
-
-def _encoder(config: DinoConfig) -> DeformableEncoder:
-    return DeformableEncoder(
-        [
-            DeformableEncoderLayer(
-                config.d_model,
-                config.encoder_ffn_dim,
-                self_attn=_attention(config, config.encoder_attention_heads, config.encoder_n_points),
-                dropout=config.dropout,
-                activation_dropout=config.activation_dropout,
-                activation=config.activation_function,
-            )
-            for _ in range(config.encoder_layers)
-        ]
-    )
-
-
 def _decoder(config: DinoConfig, bbox_embed: nn.ModuleList) -> DeformableDecoder:
-    layers = [
-        DeformableDecoderLayer(
-            config.d_model,
-            config.decoder_ffn_dim,
-            encoder_attn=_attention(config, config.decoder_attention_heads, config.decoder_n_points),
-            num_heads=config.decoder_attention_heads,
-            dropout=config.dropout,
-            attention_dropout=config.attention_dropout,
-            activation_dropout=config.activation_dropout,
-            activation=config.activation_function,
-        )
-        for _ in range(config.decoder_layers)
-    ]
+    """DINO's decoder: the shared layers with its three policies."""
     return DeformableDecoder(
-        layers,
+        decoder_layers(config),
         bbox_embed=bbox_embed,
         refinement=LookForwardTwice(eps=BOX_EPS),
         query_position=BoxQueryPosition(config.d_model),
@@ -132,10 +98,8 @@ class DinoModel(DeformableTransformerModel):
         body = build_backbone_body(config) if backbone_body is None else backbone_body
         positions = SinePositionEmbedding(config.d_model // 2, temperature=config.position_embedding_temperature, normalize=True, offset=0.0)
         backbone = BackboneWithPositions(ConvEncoder(body), positions)
-        encoder = _encoder(config)
+        encoder = encoder_stack(config)
         decoder = _decoder(config, bbox_embed)
-        xavier_feed_forward(encoder)
-        xavier_feed_forward(decoder.layers)
         level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
         nn.init.normal_(level_embed)
         super().__init__(
@@ -206,20 +170,6 @@ class DinoModel(DeformableTransformerModel):
         return DinoModelOutput(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels))
 
 
-def _class_head(config: DinoConfig) -> nn.Linear:
-    head = nn.Linear(config.d_model, config.num_labels)
-    prior = 0.01  # focal-loss prior: every class starts at probability 0.01
-    nn.init.constant_(head.bias, -math.log((1 - prior) / prior))
-    return head
-
-
-def _box_head(config: DinoConfig) -> MLP:
-    head = MLP(config.d_model, config.d_model, 4, num_layers=3)
-    nn.init.zeros_(head.layers[-1].weight)
-    nn.init.zeros_(head.layers[-1].bias)
-    return head
-
-
 def _heads(first: nn.Module, count: int, shared: bool) -> nn.ModuleList:
     return nn.ModuleList([first] * count if shared else [first] + [copy.deepcopy(first) for _ in range(count - 1)])
 
@@ -243,11 +193,11 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
     def __init__(self, config: DinoConfig, *, backbone_body: nn.Module | None = None) -> None:
         super().__init__()
         self.config = _check_config(config)
-        class_head, box_head = _class_head(config), _box_head(config)
-        self.class_embed = _heads(class_head, config.decoder_layers, config.dec_pred_class_embed_share)
-        self.bbox_embed = _heads(box_head, config.decoder_layers, config.dec_pred_bbox_embed_share)
-        enc_class = class_head if config.two_stage_class_embed_share else copy.deepcopy(class_head)
-        enc_box = box_head if config.two_stage_bbox_embed_share else copy.deepcopy(box_head)
+        first_class, first_box = class_head(config), box_head(config)
+        self.class_embed = _heads(first_class, config.decoder_layers, config.dec_pred_class_embed_share)
+        self.bbox_embed = _heads(first_box, config.decoder_layers, config.dec_pred_bbox_embed_share)
+        enc_class = first_class if config.two_stage_class_embed_share else copy.deepcopy(first_class)
+        enc_box = first_box if config.two_stage_bbox_embed_share else copy.deepcopy(first_box)
         self.model = DinoModel(config, self.bbox_embed, enc_class, enc_box, backbone_body=backbone_body)
         matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost, focal_alpha=config.focal_alpha)
         self.criterion = DinoCriterion(config, matcher)
@@ -364,21 +314,8 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
                 fields to change; anything else raises ``TypeError`` naming it.
         """
         options, overrides = split_loading_kwargs(kwargs, DinoConfig.field_names())
-        path = os.fspath(path)
-        if os.path.isfile(path):
-            original, args = checkpoint_files.read_original_checkpoint(path, trust_pickle=trust_pickle)
-            state_dict, unmapped = checkpoints.convert_original_state_dict(original)
-            if config is None:
-                if args is None:
-                    raise ValueError(f"{path} has no 'args'; pass config= with the architecture it was trained with")
-                config = checkpoints.config_from_original_args(args, checkpoints.original_num_labels(state_dict))
-        else:
-            config_path, state_dict = load_pretrained_files(path, options)
-            if config is None:
-                if config_path is None:
-                    raise FileNotFoundError(f"no config.json for {path!r}: pass config=")
-                config = DinoConfig.from_json_file(config_path)
-            unmapped = []
+        original = OriginalFormat(checkpoints.convert_original_state_dict, checkpoints.config_from_original_args, original_num_labels)
+        config, state_dict, unmapped, _ = read_checkpoint(path, config, options, trust_pickle=trust_pickle, config_class=DinoConfig, original=original)
         if not isinstance(config, DinoConfig):
             raise TypeError(f"config must be a models.DinoConfig, got {type(config).__name__}")
         if overrides:

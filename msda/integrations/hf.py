@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 import types
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
