@@ -13,6 +13,7 @@ import torch
 
 from models.cli.errors import CliError, read_json_file
 from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, read_original_checkpoint
+from models.common.key_rules import original_num_labels
 from models.ddetr import checkpoints
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.ddetr.modeling import DeformableDetrForObjectDetection
@@ -231,7 +232,7 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             if config is not None:
                 original, _ = read_original_checkpoint(source, trust_pickle=trust)
                 converted, _ = checkpoints.convert_original_state_dict(original)
-                config = _config_with_head_classes(config, given, checkpoints.original_num_labels(converted), ns)
+                config = _config_with_head_classes(config, given, original_num_labels(converted), ns)
             model = DeformableDetrForObjectDetection.from_pretrained(source, config=config, trust_pickle=trust)
     except CliError:
         raise
