@@ -76,6 +76,22 @@ def test_points_off_the_map_never_read_it(queries):
     assert torch.equal(output, torch.zeros_like(output))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_padded_maps_per_thread_buffers(threads):
+    """Padded maps are copied one (batch, head) at a time into per-thread buffers: calls of growing
+    and shrinking map sizes reuse them, and a single head is split among the threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shapes, heads, batch in (([(9, 11), (5, 6)], 1, 1), ([(20, 30), (10, 15)], 2, 1), ([(3, 3)], 3, 2)):
+            queries = 2 * sum(h * w for h, w in shapes)
+            inputs = random_inputs(batch, shapes, queries, heads, 16, 2, dtype=torch.float32, seed=heads)
+            grad_output = torch.randn(batch, queries, heads * 16, generator=torch.Generator().manual_seed(5))
+            _compare(inputs, grad_output)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_locations_on_the_border_rows():
     """Points in the outer half-pixel of each side use the zero border of the padded maps."""
     shapes, starts = level_tensors([(3, 4)])

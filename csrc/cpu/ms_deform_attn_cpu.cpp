@@ -216,19 +216,6 @@ at::Tensor with_contiguous_channels(const at::Tensor& value) {
   return value.stride(3) == 1 ? value : value.contiguous();
 }
 
-// value copied into this thread's padded-maps scratch [B, M, S', D].
-struct PaddedValue {
-  PaddedMaps maps;
-  at::Tensor padded;
-};
-
-PaddedValue copy_value_to_padded_maps(const at::Tensor& value, const std::vector<Level>& levels, const Dims& d) {
-  PaddedValue result{padded_maps(levels), at::Tensor()};
-  result.padded = scratch_tensor(ScratchSlot::kValue, {d.batch, d.heads, result.maps.positions, d.channels});
-  copy_to_padded_maps(with_contiguous_channels(value), levels, result.maps, result.padded.data_ptr<float>(), d);
-  return result;
-}
-
 at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                               const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                               const at::Tensor& attention_weights, int64_t im2col_step) {
@@ -241,8 +228,7 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
     auto output = empty_recycled({d.batch, d.queries, d.heads * d.channels});
     if (output.numel() == 0) return output;
     if (use_padded_maps(d)) {
-      const PaddedValue v = copy_value_to_padded_maps(value, levels, d);
-      forward_fp32_padded(v.padded.data_ptr<float>(), v.maps, levels, locations_c.data_ptr<float>(),
+      forward_fp32_padded(with_contiguous_channels(value), levels, locations_c.data_ptr<float>(),
                           weights_c.data_ptr<float>(), output.data_ptr<float>(), d);
     } else {
       forward_fp32_in_place(with_contiguous_channels(value), levels, locations_c.data_ptr<float>(),
@@ -280,13 +266,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     auto grad_weights = empty_recycled(weights_c.sizes());
     if (grad_locations.numel() == 0) return {at::zeros_like(value), grad_locations, grad_weights};
     if (use_padded_maps(d)) {
-      const PaddedValue v = copy_value_to_padded_maps(value, levels, d);
-      auto grad_padded = scratch_tensor(ScratchSlot::kGradValue, v.padded.sizes());
       auto grad_value = empty_recycled(value.sizes());
-      backward_fp32_padded(grad_c.data_ptr<float>(), v.padded.data_ptr<float>(), v.maps, levels,
-                           locations_c.data_ptr<float>(), weights_c.data_ptr<float>(), grad_padded.data_ptr<float>(),
-                           grad_value.data_ptr<float>(), grad_locations.data_ptr<float>(),
-                           grad_weights.data_ptr<float>(), d);
+      backward_fp32_padded(grad_c.data_ptr<float>(), with_contiguous_channels(value), levels,
+                           locations_c.data_ptr<float>(), weights_c.data_ptr<float>(), grad_value.data_ptr<float>(),
+                           grad_locations.data_ptr<float>(), grad_weights.data_ptr<float>(), d);
       return {grad_value, grad_locations, grad_weights};
     }
     auto value_c = value.contiguous();

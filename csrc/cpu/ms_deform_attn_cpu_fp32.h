@@ -4,8 +4,8 @@
 //
 // They read value in one of two layouts:
 //  - in place: the caller's tensor, any strides with contiguous channels;
-//  - padded maps: a head-major copy [B, M, S', D] in which every level map has a one-pixel border of
-//    zeros, followed by a tail of zeros. All four bilinear corners of a point inside a map are then
+//  - padded maps: a copy of one head [S', D] in which every level map has a one-pixel border of
+//    zeros, followed by a tail of zeros, made by each thread for the (batch, head) it works on. All four bilinear corners of a point inside a map are then
 //    inside the padded map, so the kernels need no per-corner bounds checks and address the corners
 //    as (p, p + 1, p + W', p + W' + 1) from one position p. One head's corners are 128-byte
 //    neighbours instead of M·D·4 bytes apart. The copy pays for itself when the queries sample the
@@ -32,28 +32,25 @@ struct PaddedMaps {
 
 PaddedMaps padded_maps(const std::vector<Level>& levels);
 
-// Fills padded[B, M, S', D] from value[B, S, M, D] (channels contiguous), zeros included.
-void copy_to_padded_maps(const at::Tensor& value, const std::vector<Level>& levels, const PaddedMaps& maps,
-                         float* padded, const Dims& d);
+// One head of value (positions spatial_stride floats apart, channels contiguous) into its padded
+// maps head_padded [S', D], zeros included.
+void copy_head_to_padded_maps(const float* head_value, int64_t spatial_stride, const std::vector<Level>& levels,
+                              const PaddedMaps& maps, float* head_padded, int64_t channels);
 
-// One head's map interiors of padded [S', D] into head_grad (positions spatial_stride floats apart).
-void copy_head_from_padded_maps(const float* head_padded, const std::vector<Level>& levels, const PaddedMaps& maps,
-                                float* head_grad, int64_t spatial_stride, int64_t channels);
-
-// value: the caller's tensor (in place) or padded maps; output [B, Q, M*D].
+// value: the caller's tensor [B, S, M, D] with contiguous channels; output [B, Q, M*D]. The padded
+// variants copy one head at a time into per-thread padded maps (see ms_deform_attn_cpu_fp32.cpp).
 void forward_fp32_in_place(const at::Tensor& value, const std::vector<Level>& levels, const float* locations,
                            const float* weights, float* output, const Dims& d);
-void forward_fp32_padded(const float* padded, const PaddedMaps& maps, const std::vector<Level>& levels,
-                         const float* locations, const float* weights, float* output, const Dims& d);
+void forward_fp32_padded(const at::Tensor& value, const std::vector<Level>& levels, const float* locations,
+                         const float* weights, float* output, const Dims& d);
 
 // In place: grad_value [B, S, M, D] contiguous (value must be contiguous too), zeroed by the caller.
-// Padded: grad_padded is scratch [B, M, S', D] (any contents), grad_value [B, S, M, D] contiguous.
+// Padded: grad_value [B, S, M, D] contiguous, any contents (every element is written).
 void backward_fp32_in_place(const float* grad_output, const at::Tensor& value, const std::vector<Level>& levels,
                             const float* locations, const float* weights, float* grad_value, float* grad_locations,
                             float* grad_weights, const Dims& d);
-void backward_fp32_padded(const float* grad_output, const float* padded, const PaddedMaps& maps,
-                          const std::vector<Level>& levels, const float* locations, const float* weights,
-                          float* grad_padded, float* grad_value, float* grad_locations, float* grad_weights,
-                          const Dims& d);
+void backward_fp32_padded(const float* grad_output, const at::Tensor& value, const std::vector<Level>& levels,
+                          const float* locations, const float* weights, float* grad_value, float* grad_locations,
+                          float* grad_weights, const Dims& d);
 
 }  // namespace msda
