@@ -73,7 +73,13 @@ void copy_head_to_padded_maps(const float* head_value, int64_t spatial_stride, c
         // the rows of one head are spatial_stride apart (M·D floats): ask for them ahead of use
         __builtin_prefetch(row + (x + 8) * spatial_stride);
         __builtin_prefetch(row + (x + 8) * spatial_stride + D - 1);
-        std::memcpy(out + (x + 1) * D, row + x * spatial_stride, bytes);
+        const float* __restrict in = row + x * spatial_stride;
+        float* __restrict to = out + (x + 1) * D;
+        if (D == 32) {  // Deformable DETR's head size: a fixed-size copy the compiler unrolls (no call)
+          for (int64_t j = 0; j < 32; ++j) to[j] = in[j];
+        } else {
+          std::memcpy(to, in, bytes);
+        }
       }
       std::memset(out + (plv.width - 1) * D, 0, bytes);
     }
