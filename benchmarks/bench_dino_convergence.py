@@ -50,11 +50,12 @@ def _plot(curves: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, records in curves.items():
+    for (name, records), colour in zip(curves.items(), ("tab:blue", "tab:orange")):
         epochs = [record["epoch"] for record in records]
-        loss_axis.plot(epochs, [record["train_loss_ce"] + record["train_loss_bbox"] * 5 + record["train_loss_giou"] * 2 for record in records], marker="o", label=name)
-        ap_axis.plot(epochs, [record.get("AP50", float("nan")) for record in records], marker="o", label=f"{name} AP50")
-        ap_axis.plot(epochs, [record.get("AP", float("nan")) for record in records], marker="s", linestyle="--", label=f"{name} AP")
+        loss_axis.plot(epochs, [record["train_loss_ce"] + record["train_loss_bbox"] * 5 + record["train_loss_giou"] * 2 for record in records],
+                       marker="o", color=colour, label=name)
+        ap_axis.plot(epochs, [record.get("AP50", float("nan")) for record in records], marker="o", color=colour, label=f"{name} AP50")
+        ap_axis.plot(epochs, [record.get("AP", float("nan")) for record in records], marker="s", linestyle="--", color=colour, label=f"{name} AP")
     loss_axis.set(title="final-layer training loss (ce + 5 L1 + 2 GIoU)", xlabel="epoch", ylabel="loss")
     ap_axis.set(title="held-out COCO AP (val split)", xlabel="epoch", ylabel="AP", ylim=(0, 1))
     for axis in (loss_axis, ap_axis):
@@ -71,9 +72,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/convergence", help="data and runs go here")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the runs already in --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.plot_only:
+        _plot({name: _curve(out / slug) for name, slug in (("Deformable DETR", "deformable-detr"), ("DINO", "dino"))}, args.docs / "dino_convergence.png")
+        return
     written = write_synthetic_coco(out / "data", {"train": 2000, "val": 100, "test": 200}, DEMO_SPEC, 0)
     recipe = {**DEMO_TRAIN_ARGS, "epochs": args.epochs, "lr_drop": max(1, args.epochs - 1), "max_steps_per_epoch": args.steps, "eval_every": 1}
     configs = {"Deformable DETR": DeformableDetrConfig(**DEMO_MODEL_CONFIG), "DINO": DinoConfig(**DINO_CONFIG)}
