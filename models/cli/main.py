@@ -293,7 +293,7 @@ def build_train_setup(ns: argparse.Namespace):
     if ns.preset != "demo" and not ns.resume and not config.use_pretrained_backbone and str(config.backbone).startswith("resnet"):
         warnings.warn(
             f"the {config.backbone} backbone starts from random weights (no --pretrained-backbone): the paper's recipe "
-            "assumes ImageNet weights and needs far more than its 50 epochs without them; add --pretrained-backbone "
+            "assumes ImageNet weights and needs many more epochs without them; add --pretrained-backbone "
             "(ImageNet weights from the local torch cache), or use --preset demo for small images on a CPU",
             UserWarning,
             stacklevel=2,
