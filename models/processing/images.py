@@ -150,7 +150,10 @@ def check_pixel_values(image: Any, index: int, do_resize: bool, do_rescale: bool
 
     import torch
 
-    tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+    if isinstance(image, np.ndarray) and (image.dtype == np.uint8 or image.size == 0):
+        return
+    # a copy: the array may be read-only (e.g. from a PIL image), which torch.from_numpy warns about
+    tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image, copy=True))
     if tensor.dtype == torch.uint8 or tensor.numel() == 0:
         return
     values = tensor.detach().to("cpu", torch.float64)
