@@ -57,3 +57,25 @@ def msda_cpu_library():
     if not loader.is_compiled("cpu"):
         pytest.skip(f"the compiled op is not available here: {loader.active_implementation('cpu').reason}")
     return loader.loaded_library()
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A Hugging Face Hub cache in ``tmp_path`` (``HF_HUB_CACHE``) with ``HF_HUB_OFFLINE=1``;
+    ``offline_hub(repo_id, folder)`` copies ``folder``'s files into it as the repo's ``main`` snapshot."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def add(repo_id: str, folder, commit: str = "0" * 40) -> None:
+        repo = cache / ("models--" + repo_id.replace("/", "--"))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        shutil.copytree(folder, repo / "snapshots" / commit)
+
+    return add

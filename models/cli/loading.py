@@ -13,6 +13,7 @@ import torch
 
 from models.cli.errors import CliError, read_json_file
 from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, read_original_checkpoint
+from models.common.hub import looks_like_repo_id, resolve_file
 from models.common.key_rules import original_num_labels
 from models.ddetr import checkpoints
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
@@ -178,6 +179,20 @@ def _config_with_head_classes(config: DeformableDetrConfig, given: dict[str, Any
     return config.copy(num_labels=head_classes)
 
 
+def hub_snapshot(repo_id: str) -> Path:
+    """The local folder of a Hugging Face Hub repo's files (``config.json``, the weights and, when the
+    repo has one, ``preprocessor_config.json``), fetched into or read from the ``huggingface_hub``
+    cache; ``HF_HUB_OFFLINE=1`` with a filled cache needs no network. ``CliError`` when they cannot be had."""
+    try:
+        folder = Path(resolve_file(repo_id, "config.json")).parent
+        resolve_file(repo_id, "preprocessor_config.json", required=False)
+        if resolve_file(repo_id, "model.safetensors", required=False) is None:
+            resolve_file(repo_id, "pytorch_model.bin", required=False)
+    except (OSError, ImportError) as err:
+        raise CliError(f"--checkpoint {repo_id!r} (a Hugging Face Hub repo id): {err}") from err
+    return folder
+
+
 def load_detector(path: str, ns: argparse.Namespace | None = None, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
     """Load ``(model, processor)`` from any checkpoint the command line accepts.
 
@@ -189,8 +204,10 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
     if str(path) == DEMO_CHECKPOINT_NAME:
         path = str(DEMO_CHECKPOINT_DIR)
     source = Path(path)
+    if not source.exists() and looks_like_repo_id(str(path)):
+        source = hub_snapshot(str(path))
     if not source.exists():
-        raise CliError(f"--checkpoint {path!r}: no such file or folder")
+        raise CliError(f"--checkpoint {path!r}: no such file or folder (nor a Hugging Face Hub repo id such as SenseTime/deformable-detr)")
     if source.is_dir() and not (source / "config.json").is_file():
         if (source / MODEL_DIR / "config.json").is_file():
             source = source / MODEL_DIR
