@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch uses one thread during the test (small models train faster so, and 2-core machines are
+    shared); the previous count is restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> dict:
     """DeformableDetrConfig fields of a detector small enough to train for a few steps in a test:

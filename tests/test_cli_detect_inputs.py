@@ -23,13 +23,7 @@ from models.cli.main import build_parser, main
 from models.engine.detection_io import place_labels
 from models.engine.training import make_processor
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import write_synthetic_coco
 from models.engine.training import STATE_FILE, TrainingArgs, atomic_torch_save, build_param_groups, load_training_state, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

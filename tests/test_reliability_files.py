@@ -20,13 +20,7 @@ from models.data.synthetic import write_synthetic_coco
 from models.engine import training
 from models.engine.training import MODEL_DIR, STATE_FILE, TrainingArgs, load_training_state, recover_run_dir, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.engine.evaluation import coco_metrics
 from models.engine.training import TrainingArgs, make_processor, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
