@@ -210,6 +210,7 @@ def cpu_rows(quick: bool) -> dict:
     ref_name, ref_op = reference_op()
     isa = library_isa() if msda.active_implementation("cpu").name == "compiled-cpu" else "reference"
     result = {
+        "load_start": os.getloadavg()[0],
         "isa": isa,
         "reference": ref_name,
         "machine": machine_description(),
@@ -232,13 +233,14 @@ def cpu_rows(quick: bool) -> dict:
                     }
                     print(json.dumps(row), file=sys.stderr, flush=True)
                     result["rows"].append(row)
+    result["load_end"] = os.getloadavg()[0]
     return result
 
 
 def cpu_isas_here() -> list[str]:
     """ISAs the CPU kernels can be built for on this machine: native, plus AVX2 under AVX-512."""
     native = torch.backends.cpu.get_cpu_capability()
-    return ["native", "avx2"] if native == "AVX512" else ["native"]
+    return ["avx2", "native"] if native == "AVX512" else ["native"]
 
 
 def cpu_section(isas: list[str], quick: bool) -> list[str]:
@@ -253,12 +255,14 @@ def cpu_section(isas: list[str], quick: bool) -> list[str]:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     first = results[0]
     lines = [f"\n### CPU: {first['machine']}\n"]
-    lines.append(f"Reference: {first['reference']}. Compiled op: {first['implementation']}.\n")
-    lines.append(
-        "Copy bandwidth measured in this run (256 MiB copy, read + write): "
-        + ", ".join(f"{r['bandwidth'] / 1e9:.1f} GB/s (in the {r['isa']} process)" for r in results)
-        + ".\n"
-    )
+    lines.append(f"Reference: {first['reference']}.\n")
+    for r in results:
+        lines.append(
+            f"- {r['isa']} rows: {r['implementation']}; copy bandwidth measured in the same process (256 MiB "
+            f"copy, read + write) {r['bandwidth'] / 1e9:.1f} GB/s; 1-minute load average {r['load_start']:.2f} "
+            f"before its rows, {r['load_end']:.2f} after."
+        )
+    lines.append("")
     header = "| ISA | shape | B | pass | mode | compiled (ms) | reference (ms) | speed-up | compiled: min bytes / time |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for result in results:
