@@ -212,3 +212,17 @@ def test_bare_model_returns_decoder_states_without_heads():
         DeformableDetrModel(DeformableDetrConfig(**SMALL, with_box_refine=True, two_stage=True, use_pretrained_backbone=False))
     with pytest.raises(TypeError, match="config"):
         DeformableDetrModel({"d_model": 64})
+
+
+def test_one_variant_table_feeds_factories_cli_and_original_args():
+    from models.cli.main import build_parser
+    from models.ddetr.checkpoints import config_from_original_args
+    from models.ddetr.variant_table import VARIANT_SWITCHES, VARIANTS
+
+    parser_choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions if a.dest == "variant").choices
+    assert sorted(parser_choices) == sorted(VARIANTS)
+    for variant in VARIANTS.values():
+        assert set(variant.fields) <= set(VARIANT_SWITCHES), variant.name
+        model_config = getattr(models, variant.factory)(**SMALL).config
+        original = config_from_original_args({"backbone": "resnet18", **{k: getattr(model_config, k) for k in VARIANT_SWITCHES}}, num_labels=3)
+        assert {k: getattr(original, k) for k in VARIANT_SWITCHES} == {k: getattr(model_config, k) for k in VARIANT_SWITCHES}

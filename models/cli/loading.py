@@ -18,7 +18,7 @@ from models.common.key_rules import original_num_labels
 from models.ddetr import checkpoints
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.ddetr.modeling import DeformableDetrForObjectDetection
-from models.ddetr.variants import variant_fields
+from models.ddetr.variant_table import variant_fields
 from models.engine.families import build_detector, config_from_dict, family, family_of
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
 from models.processing.image_processing import DeformableDetrImageProcessor

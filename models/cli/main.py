@@ -31,7 +31,7 @@ from models.cli.errors import CliError, Interrupted, RunStopped, check_output_di
 from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_family, model_overrides, read_config_file, resolve_device
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
-from models.ddetr.variants import VARIANTS
+from models.ddetr.variant_table import VARIANTS
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
 from models.engine.families import FAMILIES, family
 from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train

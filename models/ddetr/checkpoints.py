@@ -23,6 +23,7 @@ from models.backbones.hf_resnet import hf_resnet_key_to_torchvision, torchvision
 from models.common.key_rules import original_arg as _arg
 from models.common.key_rules import rename_state_dict
 from models.ddetr.config import DeformableDetrConfig
+from models.ddetr.variant_table import VARIANT_SWITCHES
 
 # (pattern, replacement) applied in order to every key of an original-repository state dict;
 # the first pattern that matches wins.
@@ -82,13 +83,9 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
     position = _arg(args, "position_embedding", "sine")
     values: dict[str, Any] = {
         "backbone": _arg(args, "backbone", "resnet50"),
-        "dilation": bool(_arg(args, "dilation", False)),
         "position_embedding_type": "learned" if position in ("v3", "learned") else "sine",
-        "num_feature_levels": int(_arg(args, "num_feature_levels", 4)),
         "encoder_n_points": int(_arg(args, "enc_n_points", 4)),
         "decoder_n_points": int(_arg(args, "dec_n_points", 4)),
-        "with_box_refine": bool(_arg(args, "with_box_refine", False)),
-        "two_stage": bool(_arg(args, "two_stage", False)),
         "d_model": int(_arg(args, "hidden_dim", 256)),
         "num_queries": int(_arg(args, "num_queries", 300)),
         "two_stage_num_proposals": int(_arg(args, "num_queries", 300)),
@@ -109,6 +106,9 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
         "use_pretrained_backbone": False,
         "num_labels": num_labels,
     }
+    # the variant switches, named as in the variant table (the original args use the same names)
+    defaults = DeformableDetrConfig(use_pretrained_backbone=False)
+    values.update({name: type(getattr(defaults, name))(_arg(args, name, getattr(defaults, name))) for name in VARIANT_SWITCHES})
     values.update(overrides)
     return DeformableDetrConfig(**values)
 

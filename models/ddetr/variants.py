@@ -1,5 +1,5 @@
-"""The Deformable DETR variants of the paper (Table 1): one table, read by the factories below, the
-command line (``--variant``) and the original-checkpoint conversion.
+"""The factories of the Deformable DETR variants of the paper, one line each over the one table
+(``models.ddetr.variant_table.VARIANTS``).
 
 Each factory returns a ``DeformableDetrForObjectDetection`` with random weights (or cached
 ImageNet backbone weights when ``use_pretrained_backbone=True``); any config field can be
@@ -12,48 +12,11 @@ without downloaded weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.modeling import DeformableDetrForObjectDetection
-
-
-class Variant(NamedTuple):
-    """A paper variant: its command-line name, factory name, config fields and one-line description."""
-
-    name: str
-    factory: str
-    fields: Mapping[str, Any]
-    description: str
-
-
-VARIANTS: dict[str, Variant] = {
-    variant.name: variant
-    for variant in (
-        Variant("deformable_detr", "deformable_detr", {}, "Deformable DETR: 4 feature levels (strides 8-64), 300 learned queries."),
-        Variant("single_scale", "deformable_detr_single_scale", {"num_feature_levels": 1}, "Single-scale Deformable DETR: only the stride-32 map (C5)."),
-        Variant(
-            "single_scale_dc5",
-            "deformable_detr_single_scale_dc5",
-            {"num_feature_levels": 1, "dilation": True},
-            "Single-scale Deformable DETR on a dilated C5 (stride 16).",
-        ),
-        Variant("box_refine", "deformable_detr_box_refine", {"with_box_refine": True}, "Deformable DETR with iterative bounding box refinement."),
-        Variant(
-            "two_stage",
-            "deformable_detr_two_stage",
-            {"with_box_refine": True, "two_stage": True},
-            "Two-stage Deformable DETR (with box refinement): encoder proposals seed the decoder.",
-        ),
-    )
-}
-
-def variant_fields(name: str) -> dict[str, Any]:
-    """The config fields of the variant ``name`` (a key of ``VARIANTS``)."""
-    if name not in VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {name!r}")
-    return dict(VARIANTS[name].fields)
+from models.ddetr.variant_table import variant_fields
 
 
 def build_variant(name: str, **overrides: Any) -> DeformableDetrForObjectDetection:
