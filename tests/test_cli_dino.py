@@ -33,7 +33,8 @@ def data(tmp_path_factory):
 
 def test_train_setup_uses_dinos_recipe_and_config(tmp_path):
     ns = build_parser().parse_args(["train", "--model", "dino", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *TINY_FLAGS])
-    args, config = build_train_setup(ns)
+    with pytest.warns(UserWarning, match="random weights"):  # a ResNet from scratch outside the demo preset
+        args, config = build_train_setup(ns)
     assert isinstance(config, DinoConfig)
     assert (args.epochs, args.lr_drop, args.lr, args.lr_backbone) == (12, 11, 1e-4, 1e-5)
     assert (config.d_model, config.num_queries, config.backbone_out_indices, config.dn_number) == (32, 8, [2], 100)

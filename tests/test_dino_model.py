@@ -159,3 +159,24 @@ def test_docs_page_runs():
     assert namespace["outputs"].logits.shape == (1, 900, 91)
     assert torch.isfinite(namespace["out"].loss)
     assert namespace["again"].config == namespace["model"].config
+
+
+def test_output_flags_attentions_and_tuples():
+    model = _model().eval()
+    pixel_values, pixel_mask, _ = _batch()
+    with torch.no_grad():
+        out = model(pixel_values, pixel_mask, output_attentions=True, output_hidden_states=True)
+        plain = model(pixel_values, pixel_mask)
+        as_tuple = model(pixel_values, pixel_mask, return_dict=False)
+    config = model.config
+    assert len(out.encoder_attentions) == config.encoder_layers and len(out.cross_attentions) == config.decoder_layers
+    assert out.cross_attentions[0].shape == (2, config.num_queries, config.decoder_attention_heads, config.num_feature_levels, config.decoder_n_points)
+    assert out.decoder_attentions[0].shape == (2, config.decoder_attention_heads, config.num_queries, config.num_queries)
+    torch.testing.assert_close(out.cross_attentions[0].sum((-2, -1)), torch.ones(2, config.num_queries, config.decoder_attention_heads))
+    torch.testing.assert_close(out.logits, plain.logits, atol=0, rtol=0)
+    assert len(out.decoder_hidden_states) == config.decoder_layers + 1 and plain.decoder_attentions is None
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(plain.to_tuple())
+    torch.testing.assert_close(as_tuple[0], plain.logits)
+    configured = _model(output_attentions=True).eval()
+    with torch.no_grad():
+        assert configured(pixel_values, pixel_mask).encoder_attentions is not None

@@ -169,9 +169,20 @@ class DeformableTransformerModel(nn.Module):
         pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         targets: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool = False,
     ) -> dict[str, Any]:
-        """All steps in order; returns ``output_fields`` (the fields of ``output_class``)."""
+        """All steps in order; returns ``output_fields`` (the fields of ``output_class``), plus
+        ``encoder_attentions``, ``decoder_attentions`` and ``cross_attentions`` when
+        ``output_attentions`` (recorded with hooks that exist only during this call)."""
         pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
+        if not output_attentions:
+            return self._steps(pixel_values, pixel_mask, output_hidden_states, targets)
+        with record_attentions(self.encoder.layers, self.decoder.layers) as recorded:
+            fields = self._steps(pixel_values, pixel_mask, output_hidden_states, targets)
+        fields.update(encoder_attentions=tuple(recorded.encoder), decoder_attentions=tuple(recorded.decoder_self), cross_attentions=tuple(recorded.cross))
+        return fields
+
+    def _steps(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_hidden_states: bool, targets: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:
         features = self.multi_scale_features(pixel_values, pixel_mask)
         encoded = self.encode(features, output_hidden_states)
         queries = self.select_queries(encoded.last_hidden_state, features, targets)
@@ -223,32 +234,5 @@ class DeformableTransformerModel(nn.Module):
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             getattr(self, "config", None), output_attentions, output_hidden_states, return_dict
         )
-        pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
-        if output_attentions:
-            with record_attentions(self.encoder.layers, self.decoder.layers) as recorded:
-                output = self._run(pixel_values, pixel_mask, output_hidden_states)
-            output.encoder_attentions = tuple(recorded.encoder)
-            output.decoder_attentions = tuple(recorded.decoder_self)
-            output.cross_attentions = tuple(recorded.cross)
-        else:
-            output = self._run(pixel_values, pixel_mask, output_hidden_states)
+        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, output_attentions=output_attentions))
         return output if return_dict else output.to_tuple()
-
-    def _run(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_hidden_states: bool) -> Any:
-        """The four steps; returns ``output_class`` (attention fields unset)."""
-        features = self.multi_scale_features(pixel_values, pixel_mask)
-        encoded = self.encode(features, output_hidden_states)
-        memory = encoded.last_hidden_state
-        queries = self.select_queries(memory, features)
-        decoded = self.decode(queries, memory, features, output_hidden_states)
-        return self.output_class(
-            init_reference_points=queries.reference_points,
-            last_hidden_state=decoded.last_hidden_state,
-            intermediate_hidden_states=decoded.intermediate_hidden_states,
-            intermediate_reference_points=decoded.intermediate_reference_points,
-            decoder_hidden_states=decoded.hidden_states,
-            encoder_last_hidden_state=memory,
-            encoder_hidden_states=encoded.hidden_states,
-            enc_outputs_class=queries.enc_outputs_class,
-            enc_outputs_coord_logits=queries.enc_outputs_coord_logits,
-        )

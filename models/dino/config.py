@@ -44,6 +44,9 @@ class DinoConfig(DetectionConfig):
     ``bbox_loss_coefficient``, ``giou_loss_coefficient``, ``interm_loss_coefficient`` (the
     encoder proposals' class term), ``focal_alpha``, ``auxiliary_loss``.
 
+    Outputs: ``output_attentions``, ``output_hidden_states``, ``return_dict`` (what ``forward`` does
+    when the call does not say).
+
     Classes: ``num_labels`` / ``id2label`` / ``label2id``.
     """
 
@@ -90,6 +93,9 @@ class DinoConfig(DetectionConfig):
         interm_loss_coefficient: float = 1.0,
         focal_alpha: float = 0.25,
         auxiliary_loss: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
         num_labels: int | None = None,
         id2label: dict | None = None,
         label2id: dict | None = None,
@@ -133,6 +139,9 @@ class DinoConfig(DetectionConfig):
         self.interm_loss_coefficient = interm_loss_coefficient
         self.focal_alpha = focal_alpha
         self.auxiliary_loss = auxiliary_loss
+        self.output_attentions = output_attentions
+        self.output_hidden_states = output_hidden_states
+        self.return_dict = return_dict
         labels = 91 if num_labels is None and id2label is None else num_labels
         self.dn_labelbook_size = dn_labelbook_size
         self._finish(labels, id2label, label2id, kwargs)
@@ -152,6 +161,10 @@ class DinoConfig(DetectionConfig):
         return None
 
     @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    @property
     def label_book_size(self) -> int:
         """Classes the denoising label embedding knows (``dn_labelbook_size`` or ``num_labels``)."""
         return self.num_labels if self.dn_labelbook_size is None else self.dn_labelbook_size
@@ -166,7 +179,8 @@ class DinoConfig(DetectionConfig):
                              "giou_loss_coefficient", "interm_loss_coefficient", "dn_box_noise_scale"))
         check_numbers(self, ("position_embedding_temperature",), 1e-6)
         check_bools(self, ("dilation", "use_pretrained_backbone", "disable_custom_kernels", "dec_pred_class_embed_share", "dec_pred_bbox_embed_share",
-                           "two_stage_class_embed_share", "two_stage_bbox_embed_share", "auxiliary_loss"))
+                           "two_stage_class_embed_share", "two_stage_bbox_embed_share", "auxiliary_loss", "output_attentions",
+                           "output_hidden_states", "return_dict"))
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ValueError(f"backbone must be a backbone name such as 'resnet50', got {self.backbone!r}")
         indices = self.backbone_out_indices

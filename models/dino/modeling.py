@@ -36,6 +36,7 @@ from models.common.hub import PushToHubMixin
 from models.common.key_rules import original_num_labels
 from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
 from models.common.multi_scale import MultiScaleFeatures, input_projections
+from models.common.outputs import resolve_output_flags
 from models.common.pretrained import OriginalFormat, TiedStateDictMixin, auto_dtype, place, read_checkpoint, resolve_device, split_loading_kwargs
 from models.dino import checkpoints
 from models.dino.config import DinoConfig
@@ -160,14 +161,14 @@ class DinoModel(DeformableTransformerModel):
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict[str, torch.Tensor]] | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
-    ) -> DinoModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> DinoModelOutput | tuple:
         """As ``DeformableTransformerModel.forward``; ``labels`` (training only) add denoising queries."""
-        if output_attentions:
-            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
-        return DinoModelOutput(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels))
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        output = DinoModelOutput(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels, output_attentions=output_attentions))
+        return output if return_dict else output.to_tuple()
 
 
 def _heads(first: nn.Module, count: int, shared: bool) -> nn.ModuleList:
@@ -232,23 +233,25 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict[str, torch.Tensor]] | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
-    ) -> DinoObjectDetectionOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> DinoObjectDetectionOutput | tuple:
         """Args:
             pixel_values: ``[B, C, H, W]`` normalized images; pixel_mask: ``[B, H, W]`` (1 = real pixel).
             labels: per image ``{"class_labels": int64 [N], "boxes": [N, 4] normalized cx, cy, w, h}``;
                 when given, ``loss`` and ``loss_dict`` are computed, and in training the denoising
                 queries are added (``config.dn_number > 0``).
+            output_attentions, output_hidden_states, return_dict: as ``DeformableDetrForObjectDetection``
+                (None: from the config, default False, False, True).
 
         Returns:
             ``DinoObjectDetectionOutput``: ``logits`` ``[B, Q, K]``, ``pred_boxes`` ``[B, Q, 4]``, the
-            model's fields, and in training with labels ``dn_outputs``.
+            model's fields, and in training with labels ``dn_outputs``; with ``return_dict=False`` its
+            ``to_tuple()``.
         """
-        if output_attentions:
-            raise ValueError("output_attentions=True is not supported: the deformable attention op does not return its weights")
-        fields = self.model.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels)
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        fields = self.model.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels, output_attentions=output_attentions)
         classes, boxes = self.predictions(fields["intermediate_hidden_states"], fields["init_reference_points"], fields["intermediate_reference_points"])
         dn_outputs = None
         if fields.get("denoising_meta") is not None:
@@ -257,9 +260,10 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
             loss, loss_dict, auxiliary_outputs = self.compute_loss(classes, boxes, labels, fields, dn_outputs)
-        return DinoObjectDetectionOutput(
+        output = DinoObjectDetectionOutput(
             loss=loss, loss_dict=loss_dict, logits=classes[-1], pred_boxes=boxes[-1], auxiliary_outputs=auxiliary_outputs, dn_outputs=dn_outputs, **fields
         )
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------------- loss
     def compute_loss(

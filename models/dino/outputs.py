@@ -23,6 +23,8 @@ class DinoModelOutput(OutputMixin):
       decoder's shared norm); intermediate_reference_points ``[B, D, Q, 4]``: every layer's refined
       boxes, not detached (look forward twice).
     - decoder_hidden_states / encoder_hidden_states: layer inputs and outputs, when asked.
+    - decoder_attentions / cross_attentions / encoder_attentions: per-layer attention weights, when asked
+      (shapes as ``DeformableDetrModelOutput``'s).
     - encoder_last_hidden_state ``[B, S, C]``.
     - enc_outputs_class ``[B, S, K]``, enc_outputs_coord_logits ``[B, S, 4]``: every token's proposal.
     - enc_topk_logits ``[B, Q, K]``, enc_topk_boxes ``[B, Q, 4]``: the selected proposals (the
@@ -38,8 +40,11 @@ class DinoModelOutput(OutputMixin):
     intermediate_hidden_states: torch.Tensor | None = None
     intermediate_reference_points: torch.Tensor | None = None
     decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
     enc_topk_logits: torch.Tensor | None = None
