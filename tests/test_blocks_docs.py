@@ -24,3 +24,13 @@ def test_custom_variant_extension_examples(capsys):
     assert "refused: loss term 'loss_center' has no weight" in out
     assert namespace["swiglu_memory"].shape == namespace["encoded"].shape
     assert not any(k.endswith("norm.bias") for k in namespace["rms_layer"].state_dict())
+
+
+def test_custom_variant_injected_query_selection():
+    namespace = run_page(DOCS / "custom_variant.md")
+    grid = namespace["grid_out"].init_reference_points
+    assert grid.shape == (1, 16, 2)
+    torch.testing.assert_close(grid[0, :2], torch.tensor([[0.125, 0.125], [0.375, 0.125]]))
+    assert namespace["grid_out"].last_hidden_state.shape == (1, 16, 64)
+    # the injected module's parameters are stored at the model's level, as the built-in selections'
+    assert "content.weight" in namespace["grid_model"].state_dict()
