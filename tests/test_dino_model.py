@@ -180,3 +180,15 @@ def test_output_flags_attentions_and_tuples():
     configured = _model(output_attentions=True).eval()
     with torch.no_grad():
         assert configured(pixel_values, pixel_mask).encoder_attentions is not None
+
+
+def test_torch_export_of_dino(msda_cpu_library):
+    model = _model().eval()
+    pixel_values, pixel_mask, _ = _batch()
+    program = torch.export.export(model, (pixel_values, pixel_mask))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("msda.ms_deform_attn" in target for target in targets)
+    with torch.no_grad():
+        exported, eager = program.module()(pixel_values, pixel_mask), model(pixel_values, pixel_mask)
+    torch.testing.assert_close(exported.logits, eager.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(exported.pred_boxes, eager.pred_boxes, atol=1e-5, rtol=0)
