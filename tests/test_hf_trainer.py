@@ -87,3 +87,37 @@ def test_trainer_saves_resumes_evaluates_and_loads_both_ways(tmp_path):
     torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(a.pred_boxes, b.pred_boxes, atol=1e-4, rtol=1e-4)
     assert os.path.isfile(final / "config.json")
+
+
+def test_trainer_fine_tunes_dino_and_the_checkpoint_loads_back(tmp_path):
+    from models import DinoConfig, DinoForObjectDetection
+
+    config = DinoConfig(backbone="resnet18", backbone_out_indices=[2, 3], num_feature_levels=2, d_model=32, encoder_layers=1, decoder_layers=2,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=8,
+                        encoder_n_points=2, decoder_n_points=2, dn_number=4, two_stage_class_embed_share=True,
+                        two_stage_bbox_embed_share=True, id2label=dict(enumerate(SPEC.classes)))
+    torch.manual_seed(0)
+    processor = DeformableDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=2,
+        save_steps=1, learning_rate=1e-4, remove_unused_columns=False, report_to=[], use_cpu=True, logging_steps=1,
+        dataloader_num_workers=0, eval_do_concat_batches=False, seed=0,
+    )
+
+    def trainer() -> transformers.Trainer:
+        return transformers.Trainer(model=DinoForObjectDetection(config), args=args, train_dataset=SyntheticDetection("train", 2),
+                                    eval_dataset=SyntheticDetection("val", 2), data_collator=make_collate(processor))
+
+    trainer().train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert (checkpoint / "model.safetensors").is_file()  # the shared heads are written once
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 2
+    metrics = resumed.evaluate()
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    final = tmp_path / "run" / "checkpoint-2"
+    config.save_pretrained(final)
+    loaded = DinoForObjectDetection.from_pretrained(final)
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor.cpu(), msg=name)
