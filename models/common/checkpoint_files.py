@@ -148,22 +148,13 @@ def read_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with every shared tensor kept once, under its first name.
+    """``model.state_dict()`` with every shared tensor kept once, under its shortest name
+    (``tied_aliases`` are left out): "bbox_embed.0..." rather than "model.decoder.bbox_embed.0...".
 
     This is what ``transformers`` writes (it ties the copies again on load).
     """
-    state = model.state_dict()
-    chosen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    for name, tensor in state.items():
-        if not tensor.numel():
-            chosen[(id(tensor), 0, ())] = name
-            continue
-        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        # among copies keep the shortest name: "bbox_embed.0..." rather than "model.decoder.bbox_embed.0..."
-        if identity not in chosen or len(name) < len(chosen[identity]):
-            chosen[identity] = name
-    keep = set(chosen.values())
-    return {name: tensor.detach().contiguous() for name, tensor in state.items() if name in keep}
+    aliases = set(tied_aliases(model))
+    return {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if name not in aliases}
 
 
 def write_state_dict(model: nn.Module, directory: str | os.PathLike, safe_serialization: bool = True, rename: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> str:
@@ -183,13 +174,29 @@ def write_state_dict(model: nn.Module, directory: str | os.PathLike, safe_serial
 
 
 # --------------------------------------------------------------------------------- loading
-def _shared_groups(model: nn.Module) -> list[list[str]]:
-    """Names of the state-dict entries that share one tensor, grouped (groups of 2+ only)."""
+def shared_groups(model: nn.Module) -> list[list[str]]:
+    """Names of the state-dict entries that share one tensor, grouped (groups of 2+ only), over every
+    name (``nn.Module.state_dict``, whatever a subclass's ``state_dict`` leaves out)."""
     groups: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
+    for name, tensor in nn.Module.state_dict(model, keep_vars=True).items():
         if tensor.numel():
             groups.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def tied_aliases(model: nn.Module) -> list[str]:
+    """State-dict names that repeat a tensor already listed under another name (each shared tensor
+    is kept under its shortest name, the first among equals); these are what a save leaves out."""
+    return [name for names in shared_groups(model) for name in names if name != min(names, key=len)]
+
+
+def fill_shared(state: dict[str, Any], groups: list[list[str]]) -> None:
+    """Give every name of a shared group the tensor ``state`` holds under one of them (in place)."""
+    for names in groups:
+        present = [name for name in names if name in state]
+        if present:
+            for name in names:
+                state.setdefault(name, state[present[0]])
 
 
 def load_state_dict_into(
@@ -218,11 +225,7 @@ def load_state_dict_into(
     own = model.state_dict(keep_vars=True)  # every name, also those a model lists once in state_dict()
     incoming = dict(state_dict)
 
-    for names in _shared_groups(model):
-        present = [name for name in names if name in incoming]
-        if present:
-            for name in names:
-                incoming.setdefault(name, incoming[present[0]])
+    fill_shared(incoming, shared_groups(model))
     for key in list(incoming):
         canonical = key_alias(key) if key_alias is not None and key not in own else None
         if canonical is not None and (canonical in incoming or canonical in own):

@@ -18,7 +18,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from models.common.checkpoint_files import CONFIG_NAME, PYTORCH_NAME, SAFETENSORS_NAME, read_original_checkpoint, read_state_dict
+from models.common.checkpoint_files import (
+    CONFIG_NAME,
+    PYTORCH_NAME,
+    SAFETENSORS_NAME,
+    fill_shared,
+    read_original_checkpoint,
+    read_state_dict,
+    shared_groups,
+    tied_aliases,
+)
 from models.common.hub import HubOptions, resolve_file
 
 # Accepted and without effect here (what they tune does not exist in this library).
@@ -192,26 +201,6 @@ def place(model: nn.Module, dtype: torch.dtype | None, device: torch.device | No
     return model
 
 
-def tied_aliases(model: nn.Module) -> list[str]:
-    """State-dict names that repeat a tensor already listed under another name (the tensor is kept
-    under its shortest name, the first among equals); these are what a save leaves out."""
-    keep: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    aliases: list[str] = []
-    for name, tensor in nn.Module.state_dict(model, keep_vars=True).items():
-        if not tensor.numel():
-            continue
-        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        first = keep.get(identity)
-        if first is None:
-            keep[identity] = name
-        elif len(name) < len(first):
-            aliases.append(first)
-            keep[identity] = name
-        else:
-            aliases.append(name)
-    return aliases
-
-
 class TiedStateDictMixin:
     """For ``nn.Module`` subclasses whose state dict holds one tensor under several names (shared
     heads): ``state_dict()`` lists each tensor once and ``load_state_dict`` accepts that.
@@ -243,16 +232,7 @@ class TiedStateDictMixin:
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         state = dict(state_dict)
-        full = nn.Module.state_dict(self, keep_vars=True)  # type: ignore[arg-type]
-        by_identity: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
-        for name, tensor in full.items():
-            if tensor.numel():
-                by_identity.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)), []).append(name)
-        for names in by_identity.values():
-            present = [name for name in names if name in state]
-            if present and len(names) > 1:
-                for name in names:
-                    state.setdefault(name, state[present[0]])
+        fill_shared(state, shared_groups(self))  # type: ignore[arg-type]
         return super().load_state_dict(state, strict=strict, assign=assign)  # type: ignore[misc]
 
 
