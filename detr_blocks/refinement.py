@@ -64,12 +64,13 @@ class NoRefinement(ReferenceRefinement):
         return RefinedReferences(reference_points, reference_points)
 
 
-class DetachedRefinement(ReferenceRefinement):
-    """``refined = refine_boxes(box_head(hidden_states), reference_points, eps).detach()``, both fed
-    to the next layer and recorded (Deformable DETR; the decoder's default with box heads).
+class BoxHeadRefinement(ReferenceRefinement):
+    """Base of the policies that refine through the layer's box head in logit space
+    (``refine_boxes(box_head(hidden_states), reference_points, eps)``); subclasses say what is
+    detached.
 
     Args:
-        eps: of ``inverse_sigmoid`` (1e-5 in Deformable DETR's code).
+        eps: of ``inverse_sigmoid`` (1e-5 in Deformable DETR's code, 1e-3 in DINO's).
     """
 
     needs_box_head = True
@@ -80,33 +81,31 @@ class DetachedRefinement(ReferenceRefinement):
             raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
         self.eps = eps
 
+    def refine(self, hidden_states: torch.Tensor, reference_points: torch.Tensor, box_head: nn.Module) -> torch.Tensor:
+        return refine_boxes(box_head(hidden_states), reference_points, self.eps)
+
+
+class DetachedRefinement(BoxHeadRefinement):
+    """``refined = refine_boxes(box_head(hidden_states), reference_points, eps).detach()``, both fed
+    to the next layer and recorded (Deformable DETR; the decoder's default with box heads).
+    """
+
     def forward(
         self, index: int, hidden_states: torch.Tensor, reference_points: torch.Tensor, box_head: nn.Module | None
     ) -> RefinedReferences:
-        refined = refine_boxes(box_head(hidden_states), reference_points, self.eps).detach()
+        refined = self.refine(hidden_states, reference_points, box_head).detach()
         return RefinedReferences(refined, refined)
 
 
-class LookForwardTwice(ReferenceRefinement):
+class LookForwardTwice(BoxHeadRefinement):
     """``refined = refine_boxes(box_head(hidden_states), reference_points, eps)``; the next layer gets
     ``refined.detach()``, the decoder records ``refined`` with its graph (DINO's "look forward
     twice": layer i + 1's box prediction, made against layer i's recorded boxes, sends gradients
     into layer i's box head and output).
-
-    Args:
-        eps: of ``inverse_sigmoid`` (DINO's code uses 1e-3).
     """
-
-    needs_box_head = True
-
-    def __init__(self, eps: float = 1e-5) -> None:
-        super().__init__()
-        if not 0.0 < eps < 0.5:
-            raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
-        self.eps = eps
 
     def forward(
         self, index: int, hidden_states: torch.Tensor, reference_points: torch.Tensor, box_head: nn.Module | None
     ) -> RefinedReferences:
-        refined = refine_boxes(box_head(hidden_states), reference_points, self.eps)
+        refined = self.refine(hidden_states, reference_points, box_head)
         return RefinedReferences(refined.detach(), refined)
