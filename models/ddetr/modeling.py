@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from detr_blocks.decoder import DeformableDecoder
-from detr_blocks.functional import refine_boxes
 from detr_blocks.losses import SetCriterion
 from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
@@ -27,11 +26,14 @@ from models.common.key_rules import original_num_labels
 from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
 from models.common.multi_scale import input_projections
 from models.common.outputs import resolve_output_flags
+from models.common.predictions import layer_predictions, prediction_dict, targets_on
 from models.common.pretrained import OriginalFormat, TiedStateDictMixin, auto_dtype, place, read_checkpoint, split_loading_kwargs
 from models.ddetr import checkpoints
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.outputs import DeformableDetrModelOutput, DeformableDetrObjectDetectionOutput
 from models.ddetr.query_selection import LearnedQueries, TwoStageProposals
+
+BOX_EPS = 1e-5  # inverse_sigmoid's clamp in the paper's code
 
 
 def _check_config(config: Any) -> DeformableDetrConfig:
@@ -163,13 +165,10 @@ class DeformableDetrForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Mo
     # ---------------------------------------------------------------------------- forward
     def _predictions(self, outputs: DeformableDetrModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """Class logits ``[D, B, Q, K]`` and boxes ``[D, B, Q, 4]`` of every decoder layer."""
-        hidden = outputs.intermediate_hidden_states
-        references = [outputs.init_reference_points] + list(outputs.intermediate_reference_points.unbind(1)[:-1])
-        classes, boxes = [], []
-        for level in range(hidden.shape[1]):
-            classes.append(self.class_embed[level](hidden[:, level]))
-            boxes.append(refine_boxes(self.bbox_embed[level](hidden[:, level]), references[level]))
-        return torch.stack(classes), torch.stack(boxes)
+        return layer_predictions(
+            self.class_embed, self.bbox_embed, outputs.intermediate_hidden_states, outputs.init_reference_points,
+            outputs.intermediate_reference_points, BOX_EPS,
+        )
 
     def forward(
         self,
@@ -225,15 +224,9 @@ class DeformableDetrForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Mo
             ``giou_loss_coefficient``, the same for every ``_i`` auxiliary term); two-stage adds the
             paper's encoder-proposal terms (suffix ``_enc``), which ``transformers`` leaves out.
         """
-        if not isinstance(labels, (list, tuple)) or len(labels) != classes.shape[1]:
-            raise ValueError(f"labels must be a list of {classes.shape[1]} dicts (one per image), got {type(labels).__name__}")
-        device = classes.device
-        targets = [{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in target.items()} for target in labels]
-        predictions: dict[str, Any] = {"logits": classes[-1], "pred_boxes": boxes[-1]}
-        auxiliary_outputs = None
-        if self.config.auxiliary_loss:
-            auxiliary_outputs = [{"logits": c, "pred_boxes": b} for c, b in zip(classes[:-1], boxes[:-1])]
-            predictions["auxiliary_outputs"] = auxiliary_outputs
+        targets = targets_on(labels, classes.shape[1], classes.device)
+        predictions = prediction_dict(classes, boxes, self.config.auxiliary_loss)
+        auxiliary_outputs = predictions.get("auxiliary_outputs")
         if self.config.two_stage:
             predictions["enc_outputs"] = {"logits": outputs.enc_outputs_class, "pred_boxes": outputs.enc_outputs_coord_logits.sigmoid()}
         loss, loss_dict = self.criterion(predictions, targets)

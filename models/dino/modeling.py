@@ -24,7 +24,6 @@ from torch import nn
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderOutput
 from detr_blocks.denoising import contrastive_denoising_queries, split_denoising_outputs
 from detr_blocks.encoder import DeformableEncoderOutput
-from detr_blocks.functional import refine_boxes
 from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.position_embedding import SinePositionEmbedding
 from detr_blocks.query_position import BoxQueryPosition
@@ -37,6 +36,7 @@ from models.common.key_rules import original_num_labels
 from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
 from models.common.multi_scale import MultiScaleFeatures, input_projections
 from models.common.outputs import resolve_output_flags
+from models.common.predictions import layer_predictions, prediction_dict, targets_on
 from models.common.pretrained import OriginalFormat, TiedStateDictMixin, auto_dtype, place, read_checkpoint, resolve_device, split_loading_kwargs
 from models.dino import checkpoints
 from models.dino.config import DinoConfig
@@ -221,12 +221,7 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
             refined: ``[B, D, Q, 4]`` every layer's refined boxes (not detached): layer l's box is
                 predicted relative to layer l - 1's refined box ("look forward twice").
         """
-        references = [initial] + list(refined.unbind(1)[:-1])
-        classes, boxes = [], []
-        for layer in range(hidden.shape[1]):
-            classes.append(self.class_embed[layer](hidden[:, layer]))
-            boxes.append(refine_boxes(self.bbox_embed[layer](hidden[:, layer]), references[layer], BOX_EPS))
-        return torch.stack(classes), torch.stack(boxes)
+        return layer_predictions(self.class_embed, self.bbox_embed, hidden, initial, refined, BOX_EPS)
 
     def forward(
         self,
@@ -256,7 +251,7 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
         dn_outputs = None
         if fields.get("denoising_meta") is not None:
             dn_classes, dn_boxes = self.predictions(fields["dn_hidden_states"], fields["dn_init_reference_points"], fields["dn_reference_points"])
-            dn_outputs = _layer_outputs(dn_classes, dn_boxes)
+            dn_outputs = prediction_dict(dn_classes, dn_boxes, auxiliary=True)
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
             loss, loss_dict, auxiliary_outputs = self.compute_loss(classes, boxes, labels, fields, dn_outputs)
@@ -275,11 +270,8 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
         dn_outputs: dict[str, Any] | None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[dict[str, torch.Tensor]] | None]:
         """``(loss, loss_dict, auxiliary_outputs)`` of ``forward``'s predictions (see ``DinoCriterion``)."""
-        if not isinstance(labels, (list, tuple)) or len(labels) != classes.shape[1]:
-            raise ValueError(f"labels must be a list of {classes.shape[1]} dicts (one per image), got {type(labels).__name__}")
-        device = classes.device
-        targets = [{key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in target.items()} for target in labels]
-        predictions = _layer_outputs(classes, boxes) if self.config.auxiliary_loss else {"logits": classes[-1], "pred_boxes": boxes[-1]}
+        targets = targets_on(labels, classes.shape[1], classes.device)
+        predictions = prediction_dict(classes, boxes, self.config.auxiliary_loss)
         predictions["interm_outputs"] = {"logits": fields["enc_topk_logits"], "pred_boxes": fields["enc_topk_boxes"]}
         if dn_outputs is not None:
             predictions["dn_outputs"] = dn_outputs if self.config.auxiliary_loss else {k: v for k, v in dn_outputs.items() if k != "auxiliary_outputs"}
@@ -340,12 +332,3 @@ class DinoForObjectDetection(PushToHubMixin, TiedStateDictMixin, nn.Module):
         # the file holds the backbone weights: loading it must not look for ImageNet ones
         self.config.copy(use_pretrained_backbone=False).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
         checkpoint_files.write_state_dict(self, directory, safe_serialization=safe_serialization)
-
-
-def _layer_outputs(classes: torch.Tensor, boxes: torch.Tensor) -> dict[str, Any]:
-    """``{"logits", "pred_boxes"}`` of the last layer and ``auxiliary_outputs`` of the others."""
-    return {
-        "logits": classes[-1],
-        "pred_boxes": boxes[-1],
-        "auxiliary_outputs": [{"logits": c, "pred_boxes": b} for c, b in zip(classes[:-1], boxes[:-1])],
-    }
