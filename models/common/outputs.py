@@ -55,6 +55,26 @@ class OutputMixin:
 
 
 @dataclass
+class TransformerFields(OutputMixin):
+    """The fields every deformable transformer's output has, in ``transformers``' order (a family's
+    model output subclasses it and may append its own; shapes in ``DeformableDetrModelOutput``)."""
+
+    init_reference_points: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    intermediate_hidden_states: torch.Tensor | None = None
+    intermediate_reference_points: torch.Tensor | None = None
+    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    enc_outputs_class: torch.Tensor | None = None
+    enc_outputs_coord_logits: torch.Tensor | None = None
+
+
+
+@dataclass
 class DetectionFields:
     """The fields a detector adds to its transformer's output, first in the output's order (as in
     ``transformers``): a detection output class lists its model output class *before* this one

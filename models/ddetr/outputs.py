@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from models.common.outputs import DetectionFields, OutputMixin, register_output
+from models.common.outputs import DetectionFields, TransformerFields, register_output
 
 
 @register_output
 @dataclass
-class DeformableDetrModelOutput(OutputMixin):
+class DeformableDetrModelOutput(TransformerFields):
     """Output of ``DeformableDetrModel``.
 
     Shapes: B batch, Q queries, C d_model, S encoder tokens (all levels), D decoder layers.
@@ -27,19 +25,6 @@ class DeformableDetrModelOutput(OutputMixin):
     - encoder_last_hidden_state ``[B, S, C]``.
     - enc_outputs_class ``[B, S, num_labels]``, enc_outputs_coord_logits ``[B, S, 4]``: two-stage only.
     """
-
-    init_reference_points: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    intermediate_hidden_states: torch.Tensor | None = None
-    intermediate_reference_points: torch.Tensor | None = None
-    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    decoder_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    encoder_attentions: tuple[torch.Tensor, ...] | None = None
-    enc_outputs_class: torch.Tensor | None = None
-    enc_outputs_coord_logits: torch.Tensor | None = None
 
 
 @register_output

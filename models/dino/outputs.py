@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from models.common.outputs import DetectionFields, OutputMixin, register_output
+from models.common.outputs import DetectionFields, TransformerFields, register_output
 
 
 @register_output
 @dataclass
-class DinoModelOutput(OutputMixin):
+class DinoModelOutput(TransformerFields):
     """Output of ``DinoModel`` (B batch, Q matching queries, C d_model, S tokens, D decoder layers, K classes).
 
     - init_reference_points ``[B, Q, 4]``: the top-k proposal boxes fed to the decoder (detached).
@@ -35,18 +35,6 @@ class DinoModelOutput(OutputMixin):
       dn_reference_points ``[B, D, pad, 4]``.
     """
 
-    init_reference_points: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
-    intermediate_hidden_states: torch.Tensor | None = None
-    intermediate_reference_points: torch.Tensor | None = None
-    decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    decoder_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
-    encoder_attentions: tuple[torch.Tensor, ...] | None = None
-    enc_outputs_class: torch.Tensor | None = None
-    enc_outputs_coord_logits: torch.Tensor | None = None
     enc_topk_logits: torch.Tensor | None = None
     enc_topk_boxes: torch.Tensor | None = None
     dn_hidden_states: torch.Tensor | None = None
