@@ -71,6 +71,23 @@ def msda_cpu_library():
     return loader.loaded_library()
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_config, tmp_path_factory):
+    """A random tiny detector (``tiny_config``, classes circle/square/triangle) saved in the Hugging
+    Face layout, with a ``preprocessor_config.json`` for 48-64 px images."""
+    import torch
+
+    from models import DeformableDetrConfig, DeformableDetrForObjectDetection
+    from models.engine.training import make_processor
+
+    path = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    config = DeformableDetrConfig(**tiny_config, id2label={0: "circle", 1: "square", 2: "triangle"})
+    DeformableDetrForObjectDetection(config).save_pretrained(path)
+    make_processor(48, 64).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
     """A Hugging Face Hub cache in ``tmp_path`` (``HF_HUB_CACHE``) with ``HF_HUB_OFFLINE=1``;

@@ -8,30 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from models import DeformableDetrConfig, DeformableDetrForObjectDetection
 from models.cli.demo import CHECKPOINT_DIR, DEMO_SPEC
 from models.cli.main import main
 from models.data.synthetic import write_synthetic_coco
-from models.engine.training import make_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_config, tmp_path_factory):
-    """A random tiny detector in the Hugging Face layout, with its preprocessor_config.json."""
-    path = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    config = DeformableDetrConfig(**tiny_config, id2label={0: "circle", 1: "square", 2: "triangle"})
-    DeformableDetrForObjectDetection(config).save_pretrained(path)
-    make_processor(48, 64).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +41,13 @@ def test_python_dash_m_models_runs_the_cli():
     assert done.returncode == 0 and "detect" in done.stdout and "demo" in done.stdout
 
 
-def test_detect_writes_json_and_png(checkpoint, data, tmp_path):
+def test_detect_writes_json_and_png(tiny_checkpoint, data, tmp_path):
     images = sorted((data / "images" / "val").glob("*.png"))[:2]
     # a larger, non-square copy checks that boxes come back in the image's own pixels
     big = tmp_path / "big.jpg"
     Image.open(images[0]).resize((150, 100)).save(big)
     out = tmp_path / "out"
-    args = ["detect", *map(str, images), str(big), "--checkpoint", str(checkpoint), "--out", str(out), "--threshold", "0.0", "--top-k", "5"]
+    args = ["detect", *map(str, images), str(big), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--threshold", "0.0", "--top-k", "5"]
     assert main(args) == 0
     for path in [*images, big]:
         record = json.loads((out / f"{path.stem}.json").read_text())
@@ -76,16 +63,16 @@ def test_detect_writes_json_and_png(checkpoint, data, tmp_path):
         drawn = Image.open(out / f"{path.stem}.png")
         assert drawn.format == "PNG" and drawn.size[0] / drawn.size[1] == pytest.approx(width / height, rel=0.02)
     # the high threshold keeps nothing from a random model, and still writes both files
-    assert main(["detect", str(images[0]), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "none"), "--threshold", "0.99"]) == 0
+    assert main(["detect", str(images[0]), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "none"), "--threshold", "0.99"]) == 0
     assert json.loads((tmp_path / "none" / f"{images[0].stem}.json").read_text())["detections"] == []
 
 
-def test_detect_names_bad_inputs(tiny_config, checkpoint, tmp_path, capsys):
+def test_detect_names_bad_inputs(tiny_config, tiny_checkpoint, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
-    assert main(["detect", str(broken), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]) == 2
+    assert main(["detect", str(broken), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]) == 2
     assert "broken.png" in capsys.readouterr().err
-    assert main(["detect", str(tmp_path / "missing.png"), "--checkpoint", str(checkpoint)]) == 2
+    assert main(["detect", str(tmp_path / "missing.png"), "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "missing.png" in capsys.readouterr().err
     good = tmp_path / "good.png"
     Image.new("RGB", (20, 20)).save(good)
@@ -95,15 +82,15 @@ def test_detect_names_bad_inputs(tiny_config, checkpoint, tmp_path, capsys):
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     for name in ("model.safetensors", "preprocessor_config.json"):
-        (wrong / name).write_bytes((checkpoint / name).read_bytes())
+        (wrong / name).write_bytes((tiny_checkpoint / name).read_bytes())
     DeformableDetrConfig(**{**tiny_config, "d_model": 64}, num_labels=3).to_json_file(wrong / "config.json")
     assert main(["detect", str(good), "--checkpoint", str(wrong)]) == 2
     assert "wrong" in capsys.readouterr().err
 
 
-def test_eval_runs_a_checkpoint(tiny_config, checkpoint, data, tmp_path, capsys):
+def test_eval_runs_a_checkpoint(tiny_config, tiny_checkpoint, data, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(data), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert main(["eval", "--data", str(data), "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(metrics)
     assert all(-1.0 <= metrics[k] <= 1.0 for k in ("AP", "AP50", "AP75"))
@@ -116,9 +103,9 @@ def test_eval_runs_a_checkpoint(tiny_config, checkpoint, data, tmp_path, capsys)
     assert "5 classes" in capsys.readouterr().err
 
 
-def test_demo_pipeline_with_a_given_checkpoint(checkpoint, tmp_path):
+def test_demo_pipeline_with_a_given_checkpoint(tiny_checkpoint, tmp_path):
     out = tmp_path / "demo"
-    status = main(["demo", "--out", str(out), "--checkpoint", str(checkpoint), "--test-images", "4", "--num-images", "2"])
+    status = main(["demo", "--out", str(out), "--checkpoint", str(tiny_checkpoint), "--test-images", "4", "--num-images", "2"])
     assert status == 1  # a random model is far from the target, and the demo says so
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["passed"] is False and metrics["num_images"] == 4

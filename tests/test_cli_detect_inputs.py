@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from models import DeformableDetrConfig, DeformableDetrForObjectDetection
 from models.cli import detect as detect_module
 from models.cli import main as main_module
 from models.cli.detect import IMAGE_SUFFIXES, check_detect_inputs, resolve_image_inputs
@@ -21,19 +19,8 @@ from models.cli.errors import CliError
 from models.cli.loading import DEMO_CHECKPOINT_DIR, load_detector
 from models.cli.main import build_parser, main
 from models.engine.detection_io import place_labels
-from models.engine.training import make_processor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_config, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    config = DeformableDetrConfig(**tiny_config, id2label={0: "circle", 1: "square", 2: "triangle"})
-    DeformableDetrForObjectDetection(config).save_pretrained(path)
-    make_processor(48, 64).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
@@ -99,9 +86,9 @@ def test_every_image_is_checked_before_the_model_loads(photos, monkeypatch, caps
 
 
 # ---------------------------------------------------------------------------------------- running
-def test_folder_and_glob_report_per_image_counts_including_zero(checkpoint, photos, tmp_path, capsys):
+def test_folder_and_glob_report_per_image_counts_including_zero(tiny_checkpoint, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["detect", str(photos), str(photos / "sub" / "*.png"), "--checkpoint", str(checkpoint), "--out", str(out),
+    assert main(["detect", str(photos), str(photos / "sub" / "*.png"), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
                  "--threshold", "0.0", "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:3]] == [f"[1/3] {photos / 'a.png'}", f"[2/3] {photos / 'b.jpg'}",
@@ -111,14 +98,14 @@ def test_folder_and_glob_report_per_image_counts_including_zero(checkpoint, phot
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "b.json", "b.png", "c.json", "c.png"]
 
     # a threshold nothing reaches: 0 detections, said per image with the best score, and both files still written
-    assert main(["detect", str(photos / "a.png"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "none"),
+    assert main(["detect", str(photos / "a.png"), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "none"),
                  "--threshold", "1.0"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "a.png: 0 detections above 1; best score 0." in first
     assert json.loads((tmp_path / "none" / "a.json").read_text())["detections"] == []
 
 
-def test_images_are_read_one_batch_at_a_time(checkpoint, photos, tmp_path, monkeypatch):
+def test_images_are_read_one_batch_at_a_time(tiny_checkpoint, photos, tmp_path, monkeypatch):
     events = []
     real_open, real_predict = detect_module.open_image, detect_module.predict_images
     monkeypatch.setattr(detect_module, "open_image", lambda p: events.append(("open", Path(p).name)) or real_open(p))
@@ -128,20 +115,20 @@ def test_images_are_read_one_batch_at_a_time(checkpoint, photos, tmp_path, monke
         return real_predict(model, processor, images, **kw)
 
     monkeypatch.setattr(detect_module, "predict_images", predict)
-    model, processor = load_detector(str(checkpoint))
+    model, processor = load_detector(str(tiny_checkpoint))
     paths = resolve_image_inputs([str(photos), str(photos / "sub")])
     detect_module.detect_images(model, processor, paths, tmp_path / "o", 0.5, 10, "cpu", batch_size=2, report=None)
     assert events == [("open", "a.png"), ("open", "b.jpg"), ("predict", 2), ("open", "c.png"), ("predict", 1)]
 
 
-def test_batch_size_does_not_change_results_for_same_size_images(checkpoint, tmp_path):
+def test_batch_size_does_not_change_results_for_same_size_images(tiny_checkpoint, tmp_path):
     paths = []
     for i, colour in enumerate([(250, 0, 0), (0, 0, 250), (0, 250, 0)]):
         image = Image.new("RGB", (48, 40), (90, 90, 90))
         image.paste(colour, (8 + 4 * i, 6, 30 + 2 * i, 30))
         paths.append(str(tmp_path / f"{i}.png"))
         image.save(paths[-1])
-    model, processor = load_detector(str(checkpoint))
+    model, processor = load_detector(str(tiny_checkpoint))
     one = detect_module.detect_images(model, processor, paths, tmp_path / "one", 0.0, 5, "cpu", batch_size=1, report=None)
     three = detect_module.detect_images(model, processor, paths, tmp_path / "three", 0.0, 5, "cpu", batch_size=3, report=None)
     for a, b in zip(one, three):
