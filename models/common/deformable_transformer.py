@@ -231,8 +231,20 @@ class DeformableTransformerModel(nn.Module):
             ``encoder_last_hidden_state``, ``encoder_hidden_states``, ``encoder_attentions``,
             ``enc_outputs_class``, ``enc_outputs_coord_logits`` (or their tuple).
         """
+        return self.forward_with_targets(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict)
+
+    def forward_with_targets(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        return_dict: bool | None,
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> Any:
+        """``forward``'s work, with ``targets`` for variants whose queries use them (``run_steps``)."""
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             getattr(self, "config", None), output_attentions, output_hidden_states, return_dict
         )
-        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, output_attentions=output_attentions))
+        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets, output_attentions))
         return output if return_dict else output.to_tuple()

@@ -166,9 +166,7 @@ class DinoModel(DeformableTransformerModel):
         return_dict: bool | None = None,
     ) -> DinoModelOutput | tuple:
         """As ``DeformableTransformerModel.forward``; ``labels`` (training only) add denoising queries."""
-        output_attentions, output_hidden_states, return_dict = resolve_output_flags(self.config, output_attentions, output_hidden_states, return_dict)
-        output = DinoModelOutput(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=labels, output_attentions=output_attentions))
-        return output if return_dict else output.to_tuple()
+        return self.forward_with_targets(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict, targets=labels)
 
 
 def _heads(first: nn.Module, count: int, shared: bool) -> nn.ModuleList:
