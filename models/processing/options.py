@@ -301,14 +301,19 @@ class ImageProcessorOptions:
         threshold: float = 0.5,
         target_sizes: torch.Tensor | Sequence[Sequence[float]] | None = None,
         top_k: int = 100,
+        nms_threshold: float | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Detections per image from ``outputs.logits`` / ``outputs.pred_boxes``.
 
         See ``models.processing.postprocess.post_process_object_detection``: sigmoid scores, top-k over
         queries x classes, boxes as ``(x0, y0, x1, y1)`` scaled to ``target_sizes`` (height, width),
-        scores above ``threshold`` kept. Returns a list of ``{"scores", "labels", "boxes"}``.
+        scores above ``threshold`` kept, then, when ``nms_threshold`` (in (0, 1]) is given, class-aware
+        non-maximum suppression at that IoU (off by default: ``transformers``' results).
+        Returns a list of ``{"scores", "labels", "boxes"}``.
         """
-        return _post_process_object_detection(outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k)
+        return _post_process_object_detection(
+            outputs, threshold=threshold, target_sizes=target_sizes, top_k=top_k, nms_threshold=nms_threshold
+        )
 
     # ---- (de)serialisation -------------------------------------------------------------------------
 

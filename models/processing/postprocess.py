@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torchvision.ops import batched_nms
 
 from models.processing.annotations import center_to_corners
 
@@ -20,25 +21,53 @@ def _field(outputs: Any, name: str) -> torch.Tensor:
 def _target_scale(
     target_sizes: torch.Tensor | Sequence[Sequence[float]], batch_size: int, device: torch.device
 ) -> torch.Tensor:
-    """``[B, 4]`` (w, h, w, h) scale factors from ``target_sizes`` (``[B, 2]`` as height, width)."""
+    """``[B, 4]`` (w, h, w, h) scale factors from ``target_sizes`` (``[B, 2]`` as height, width).
+
+    Refuses (``ValueError`` naming ``target_sizes``) any other shape, a length other than ``batch_size``,
+    and sizes that are not finite and positive: they would give negative or meaningless boxes.
+    """
     if isinstance(target_sizes, torch.Tensor):
         if target_sizes.ndim != 2 or target_sizes.shape[1] != 2:
             raise ValueError(
                 f"target_sizes must have shape [batch, 2] (height, width), got {tuple(target_sizes.shape)}"
             )
-        heights, widths = target_sizes.unbind(1)
+        if target_sizes.dtype == torch.bool or target_sizes.is_complex():
+            raise ValueError(f"target_sizes must hold real numbers, got dtype {target_sizes.dtype}")
+        sizes = target_sizes.detach().to("cpu", torch.float64)
     elif isinstance(target_sizes, (list, tuple)):
         if not all(isinstance(pair, (list, tuple, torch.Tensor)) and len(pair) == 2 for pair in target_sizes):
             raise ValueError("target_sizes must be a list of (height, width) pairs")
-        heights = torch.tensor([float(pair[0]) for pair in target_sizes], dtype=torch.float32)
-        widths = torch.tensor([float(pair[1]) for pair in target_sizes], dtype=torch.float32)
+        try:
+            sizes = torch.tensor([[float(pair[0]), float(pair[1])] for pair in target_sizes], dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"target_sizes must hold (height, width) numbers: {err}") from err
+        sizes = sizes.reshape(-1, 2)
     else:
         raise ValueError(
             f"target_sizes must be a tensor [batch, 2] or a list of pairs, got {type(target_sizes).__name__}"
         )
-    if len(heights) != batch_size:
-        raise ValueError(f"target_sizes has {len(heights)} entries but the outputs have a batch of {batch_size}")
+    if len(sizes) != batch_size:
+        raise ValueError(f"target_sizes has {len(sizes)} entries but the outputs have a batch of {batch_size}")
+    bad = ~(torch.isfinite(sizes) & (sizes > 0)).all(dim=1)
+    if bad.any():
+        index = int(bad.nonzero()[0])
+        raise ValueError(
+            f"target_sizes[{index}] must be a positive (height, width), got {tuple(sizes[index].tolist())}"
+        )
+    if isinstance(target_sizes, torch.Tensor):
+        heights, widths = target_sizes.unbind(1)
+    else:
+        heights, widths = sizes.to(torch.float32).unbind(1)
     return torch.stack([widths, heights, widths, heights], dim=1).to(device)
+
+
+def _check_nms_threshold(nms_threshold: float | None) -> None:
+    if nms_threshold is None:
+        return
+    if isinstance(nms_threshold, bool) or not isinstance(nms_threshold, (int, float)):
+        raise ValueError(f"nms_threshold must be None or a number in (0, 1], got {nms_threshold!r}")
+    if not 0.0 < nms_threshold <= 1.0:
+        raise ValueError(f"nms_threshold must be None or a number in (0, 1], got {nms_threshold!r}")
 
 
 def post_process_object_detection(
@@ -46,6 +75,7 @@ def post_process_object_detection(
     threshold: float = 0.5,
     target_sizes: torch.Tensor | Sequence[Sequence[float]] | None = None,
     top_k: int = 100,
+    nms_threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Turn ``outputs.logits`` ``[B, Q, C]`` and ``outputs.pred_boxes`` ``[B, Q, 4]`` into detections.
 
@@ -53,6 +83,13 @@ def post_process_object_detection(
     kept, then those with a score above ``threshold``. Boxes go from normalized ``(cx, cy, w, h)`` to
     ``(x0, y0, x1, y1)``, in pixels of ``target_sizes`` (``[B, 2]`` as height, width) when it is given.
     ``outputs`` may be an object with those attributes or a dict.
+
+    ``nms_threshold`` (off by default, which gives exactly ``transformers``' results): a number in (0, 1]
+    turns on class-aware non-maximum suppression of each image's kept detections
+    (``torchvision.ops.batched_nms``): a detection is dropped when a better-scored one of the same label
+    overlaps it with an IoU above ``nms_threshold``. The survivors keep their order (decreasing score).
+    Because suppression is greedy by decreasing score, applying it after the score threshold gives the
+    same survivors as applying it before.
 
     Returns one dict per image: ``scores`` ``[K]``, ``labels`` int64 ``[K]``, ``boxes`` ``[K, 4]``.
     """
@@ -67,6 +104,7 @@ def post_process_object_detection(
         )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    _check_nms_threshold(nms_threshold)
     batch_size, _, num_classes = logits.shape
 
     probs = logits.sigmoid().reshape(batch_size, -1)
@@ -81,6 +119,9 @@ def post_process_object_detection(
 
     results = []
     for image_scores, image_labels, image_boxes in zip(scores, labels, boxes):
-        keep = image_scores > threshold
+        keep = (image_scores > threshold).nonzero().squeeze(1)
+        if nms_threshold is not None:
+            survivors = batched_nms(image_boxes[keep].float(), image_scores[keep].float(), image_labels[keep], nms_threshold)
+            keep = keep[survivors.sort().values]
         results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
     return results
