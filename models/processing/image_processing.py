@@ -26,7 +26,7 @@ from models.processing.annotations import (
     resize_target,
 )
 from models.processing.batch import BatchFeature
-from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_to_array
+from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_layout, pil_to_array
 from models.processing.options import BILINEAR, ImageProcessorOptions, ResolvedOptions, _resample_int
 from models.processing.sizes import normalize_pad_size, normalize_size, output_size
 
@@ -34,9 +34,14 @@ _DATA_FORMATS = ("channels_first", "channels_last")
 
 
 def _to_hwc3(image: Any, input_data_format: str | None, index: int) -> np.ndarray:
-    """``[H, W, 3]`` numpy array of any accepted image (grayscale repeated to three channels)."""
+    """``[H, W, 3]`` numpy array of any accepted image (grayscale repeated to three channels).
+
+    The layout of a PIL image is known (``input_data_format`` is for arrays); an array's is
+    ``input_data_format`` or, when that is ``None``, guessed by :func:`channel_layout`.
+    """
     if isinstance(image, PIL.Image.Image):
         array = pil_to_array(image, index)
+        input_data_format = pil_layout(array)
     elif isinstance(image, torch.Tensor):
         array = image.detach().cpu().numpy()
     else:

@@ -29,7 +29,7 @@ from models.processing.annotations import (
     target_to_torch,
 )
 from models.processing.batch import BatchFeature
-from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_to_array
+from models.processing.images import channel_layout, check_pixel_values, flatten_images, normalize_data_format, pil_layout, pil_to_array
 from models.processing.options import ImageProcessorOptions, ResolvedOptions, _resample_int, check_keyword
 from models.processing.sizes import normalize_size, output_size
 
@@ -118,9 +118,14 @@ def _interpolation(value: Any) -> InterpolationMode:
 
 
 def _to_chw(image: Any, input_data_format: str | None, index: int, device: torch.device | None) -> torch.Tensor:
-    """``[C, H, W]`` tensor (C = 1 or 3, uint8 or floating) of any accepted image, on ``device``."""
+    """``[C, H, W]`` tensor (C = 1 or 3, uint8 or floating) of any accepted image, on ``device``.
+
+    The layout of a PIL image is known (``input_data_format`` is for arrays); an array's is
+    ``input_data_format`` or, when that is ``None``, guessed by :func:`channel_layout`.
+    """
     if isinstance(image, PIL.Image.Image):
         array = pil_to_array(image, index)
+        input_data_format = pil_layout(array)
         tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     elif isinstance(image, np.ndarray):
         numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)

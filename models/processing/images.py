@@ -2,7 +2,8 @@
 
 Accepted images: ``PIL.Image.Image`` (mode ``"RGB"`` or ``"L"``), ``numpy.ndarray`` and ``torch.Tensor`` of
 shape ``[H, W]`` (grayscale), ``[C, H, W]`` or ``[H, W, C]`` with ``C`` in ``{1, 3}``; a batch is a list or
-tuple of those, or one ``[B, C, H, W]`` / ``[B, H, W, C]`` array. Grayscale images (2-D or one channel) are
+tuple of those, or one ``[B, C, H, W]`` / ``[B, H, W, C]`` array. The channel axis of a PIL image is known (last); that of an
+array is ``input_data_format`` when given, else guessed (:func:`channel_layout`). Grayscale images (2-D or one channel) are
 repeated to three channels, so a batch may mix grayscale and RGB. Four-channel (RGBA) and other channel
 counts are refused with an error: drop or composite the alpha channel first (``image.convert("RGB")``).
 """
@@ -123,6 +124,15 @@ def channel_layout(shape: tuple[int, ...], input_data_format: ChannelLayout | No
     if height == 0 or width == 0:
         raise ValueError(f"images[{index}] is empty: shape {tuple(shape)}")
     return layout
+
+
+def pil_layout(array: np.ndarray) -> ChannelLayout:
+    """The known layout of an array from :func:`pil_to_array`: ``"last"`` (``[H, W, 3]``) or ``"none"`` (``[H, W]``).
+
+    A PIL image's layout is never guessed: a 1-pixel-high RGB image (``[1, W, 3]``) would otherwise be
+    read as channels-first. ``input_data_format`` describes array inputs and does not apply to PIL images.
+    """
+    return "none" if array.ndim == 2 else "last"
 
 
 def pil_to_array(image: PIL.Image.Image, index: int) -> np.ndarray:
