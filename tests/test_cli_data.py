@@ -12,6 +12,7 @@ from PIL import Image
 
 from models.data.augmentation import collate, crop, eval_transforms, hflip, recipe_for_size, resize, train_transforms
 from models.data.coco import CocoDetection, detections_to_coco, resolve_split
+from models.data.image_files import ImageError
 from models.data.synthetic import SHAPES, SyntheticSpec, generate_image, write_synthetic_coco
 from models.processing.sizes import resized_shape
 
@@ -129,6 +130,55 @@ def test_loader_errors_name_the_file(tmp_path):
     Image.new("RGB", (9, 8)).save(images_dir / "a.png")
     with pytest.raises(ValueError, match="a.png.*9x8"):
         dataset[0]
+
+
+def _broken_image_folder(tmp_path):
+    """A COCO split whose four images are: fine, truncated, not an image, missing."""
+    good = tmp_path / "encoded.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(good)
+    encoded = good.read_bytes()
+    names = ["fine.png", "truncated.png", "text.png", "missing.png"]
+    images = [{"id": i + 1, "file_name": name, "width": 8, "height": 8} for i, name in enumerate(names)]
+    images_dir, ann = _write_coco(tmp_path, images, [])
+    (images_dir / "fine.png").write_bytes(encoded)
+    (images_dir / "truncated.png").write_bytes(encoded[: len(encoded) // 2])
+    (images_dir / "text.png").write_text("this is not an image\n")
+    return CocoDetection(images_dir, ann)
+
+
+def _first_error(dataset, index, num_workers):
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, [index]), batch_size=1, num_workers=num_workers, collate_fn=list
+    )
+    with pytest.raises(ImageError) as caught:
+        next(iter(loader))
+    return caught.value
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize(
+    "index, name, reason",
+    [(1, "truncated.png", "cannot be read"), (2, "text.png", "cannot be read"), (3, "missing.png", "does not exist")],
+)
+def test_unreadable_image_is_one_clear_line_also_through_workers(tmp_path, num_workers, index, name, reason):
+    """Reported: with DataLoader workers, a bad image gave a 2.5 kB line holding a flattened traceback."""
+    dataset = _broken_image_folder(tmp_path)
+    assert dataset[0][0].size == (8, 8)
+    error = _first_error(dataset, index, num_workers)
+    message = str(error)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert str(tmp_path / "images" / "val" / name) in message and reason in message
+    assert len(message) < 300, message
+    if num_workers:
+        assert message.endswith("(in DataLoader worker process 0)")
+    if name == "missing.png":
+        assert isinstance(error, FileNotFoundError)
+
+
+def test_image_error_keeps_an_ordinary_message():
+    text = "Caught nothing: a message that only looks like a worker's\nsecond line"
+    assert str(ImageError(text)) == text
+    assert str(ImageError("image 'a.png' cannot be read: broken")) == "image 'a.png' cannot be read: broken"
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,15 @@
   values (negative, above 1, NaN, inf) are refused, since no scale can be assumed;
 - images larger than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused.
 
-Every error is an :class:`ImageError` (a ``ValueError``; ``FileNotFoundError`` for a missing file)
-naming the file. The returned image carries its path in ``image.info["path"]``.
+Every error is an :class:`ImageError` (a ``ValueError``; for a missing file an :class:`ImageFileMissing`,
+also a ``FileNotFoundError``) naming the file in one line, also when it is raised in a ``DataLoader``
+worker. The returned image carries its path in ``image.info["path"]``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -27,8 +28,38 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+def _worker_message(message: str, error_type: type) -> str:
+    """The original message of an ``error_type`` that a ``DataLoader`` worker raised, or ``message`` unchanged.
+
+    PyTorch re-raises a worker's exception in the main process as ``error_type(text)`` where ``text`` is
+    ``"Caught <name> in DataLoader worker process <n>.\nOriginal Traceback ..."``: the whole formatted
+    traceback, chained causes included, ending with ``"<module>.<qualname>: <original message>"``. This
+    returns that original message followed by ``(in DataLoader worker process <n>)``.
+    """
+    header = re.match(r"Caught \w+ (in DataLoader worker process \d+)\.\nOriginal Traceback", message)
+    if header is None:
+        return message
+    marker = f"\n{error_type.__module__}.{error_type.__qualname__}: "
+    start = message.rfind(marker)
+    if start < 0:
+        return message
+    return f"{message[start + len(marker):].strip()} ({header.group(1)})"
+
+
 class ImageError(ValueError):
-    """An image file that cannot be used (unreadable, too large, pixels that cannot be converted); names the file."""
+    """An image file that cannot be used (unreadable, too large, pixels that cannot be converted); names the file.
+
+    The message stays one line when the error crosses a ``DataLoader`` worker: the traceback PyTorch puts
+    into the re-raised error's text is dropped (:func:`_worker_message`).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(_worker_message(str(message), type(self)))
+
+
+class ImageFileMissing(ImageError, FileNotFoundError):
+    """An image file that does not exist: an :class:`ImageError` (a user error, one line) and a
+    ``FileNotFoundError``; the message names the file (``errno`` and ``filename`` are not set)."""
 
 
 def _to_8bit(image: Image.Image, name: str) -> Image.Image:
@@ -63,14 +94,15 @@ def read_image(path: str | os.PathLike) -> Image.Image:
     """The image file at ``path`` as an 8-bit RGB ``PIL.Image``, upright (see the module docstring).
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
+        ImageFileMissing: ``path`` is not a file (also a ``FileNotFoundError``).
         ImageError: the file is not a readable image, is a decompression bomb, or holds pixels that
             cannot be converted to 8 bits without guessing; the message names the file.
     """
     file = Path(path)
     name = repr(str(path))
     if not file.is_file():
-        raise FileNotFoundError(errno.ENOENT, "image file not found", str(path))
+        reason = "is a folder, not a file" if file.is_dir() else "does not exist"
+        raise ImageFileMissing(f"image {name} {reason}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
