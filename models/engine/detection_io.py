@@ -8,8 +8,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+BLACK, WHITE = (0, 0, 0), (255, 255, 255)
 
 
 def class_colour(label: int) -> tuple:
@@ -17,6 +20,60 @@ def class_colour(label: int) -> tuple:
     hue = (0.61803398875 * int(label)) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+def relative_luminance(colour: Sequence[float]) -> float:
+    """WCAG 2 relative luminance (0 black .. 1 white) of an sRGB colour ``(r, g, b)`` in 0..255."""
+    if len(colour) < 3:
+        raise ValueError(f"colour must be (r, g, b) in 0..255, got {colour!r}")
+    linear = []
+    for value in colour[:3]:
+        c = float(value) / 255.0
+        linear.append(c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4)
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours: 1 (same luminance) .. 21 (black on white)."""
+    light, dark = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def contrasting_colour(background: Sequence[float], palette: Sequence[tuple] = (BLACK, WHITE)) -> tuple:
+    """The colour of ``palette`` with the largest contrast ratio to ``background`` (the first on a tie).
+
+    With the default black-and-white palette the ratio is at least 4.58 whatever the background
+    (the square root of 21, reached at a luminance of about 0.18).
+    """
+    if not palette:
+        raise ValueError("palette must hold at least one colour")
+    return max(palette, key=lambda colour: contrast_ratio(colour, background))
+
+
+def mean_outline_colour(pixels: np.ndarray, box: Sequence[float], width: int) -> tuple:
+    """Mean ``(r, g, b)`` of the pixels covered by the outline ``ImageDraw.rectangle(box, width=width)`` draws.
+
+    That outline covers the pixels of the rectangle ``x0..x1``, ``y0..y1`` (inclusive, rounded) that lie
+    less than ``width`` pixels inside its edges; those outside the image are left out. Where none is
+    inside the image, the mean of the whole image.
+
+    Args:
+        pixels: ``[H, W, 3]`` image (uint8 or float).
+        box: (x0, y0, x1, y1) in pixels.
+        width: outline width in pixels (>= 1).
+    """
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"pixels must have shape [H, W, 3] with H, W > 0, got {pixels.shape}")
+    if len(box) != 4:
+        raise ValueError(f"box must be (x0, y0, x1, y1), got {box!r}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    height, image_width = pixels.shape[:2]
+    ys, xs = np.mgrid[max(0, y0) : min(height, y1 + 1), max(0, x0) : min(image_width, x1 + 1)]
+    ring = (xs < x0 + width) | (xs > x1 - width) | (ys < y0 + width) | (ys > y1 - width)
+    covered = pixels[ys[ring], xs[ring]] if ring.any() else pixels.reshape(-1, 3)
+    return tuple(float(v) for v in covered.astype(np.float64).mean(axis=0))
 
 
 def detection_record(
@@ -98,9 +155,12 @@ def draw_detections(image: Image.Image, record: Mapping, min_side: int = 384) ->
     """A copy of ``image`` with the record's boxes, labels and scores drawn on it.
 
     Small images are enlarged first (short side at least ``min_side``) so the text stays legible.
-    Boxes are drawn lowest score first (the best box's outline ends on top); then every label goes
-    in a tag of its class colour next to its box, placed so that tags never cover one another while
-    a free place exists (:func:`place_labels`), the best score placed first.
+    Boxes are drawn lowest score first (the best box's outline ends on top). Each outline is a line
+    of its class colour between two thinner borders, black or white, whichever contrasts more with
+    the mean colour of the image under the outline (:func:`contrasting_colour`, WCAG contrast ratio
+    at least 4.58): a box stays visible on an object or background of its own class colour. Then
+    every label goes in a tag of its class colour next to its box, placed so that tags never cover
+    one another while a free place exists (:func:`place_labels`), the best score placed first.
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
@@ -115,10 +175,15 @@ def draw_detections(image: Image.Image, record: Mapping, min_side: int = 384) ->
     except TypeError:  # Pillow < 10.1 has a fixed-size default font
         font = ImageFont.load_default()
     line = max(2, round(min(canvas.size) / 200))
+    border = max(1, line // 2)
     pad = max(2, font_size // 5)
     detections = list(record["detections"])
     boxes = [[v * scale for v in det["box"]] for det in detections]
+    pixels = np.array(canvas)  # the image before anything is drawn on it
     for det, box in reversed(list(zip(detections, boxes))):
+        outer = [box[0] - border, box[1] - border, box[2] + border, box[3] + border]
+        halo = contrasting_colour(mean_outline_colour(pixels, outer, line + 2 * border))
+        draw.rectangle(outer, outline=halo, width=line + 2 * border)
         draw.rectangle(box, outline=class_colour(det["label_id"]), width=line)
     texts, extents = [], []
     for det in detections:
