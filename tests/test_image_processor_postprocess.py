@@ -98,6 +98,8 @@ def test_dict_outputs_accepted():
         (dict(target_sizes=[(10, 10)]), random_outputs(2, 5, 3), "target_sizes"),
         (dict(target_sizes=torch.ones(2, 3)), random_outputs(2, 5, 3), "target_sizes"),
         (dict(top_k=0), random_outputs(2, 5, 3), "top_k"),
+        (dict(threshold=float("nan")), random_outputs(2, 5, 3), "threshold"),
+        (dict(threshold="0.5"), random_outputs(2, 5, 3), "threshold"),
         (dict(), types.SimpleNamespace(logits=torch.zeros(2, 5), pred_boxes=torch.zeros(2, 5, 4)), "logits"),
         (dict(), types.SimpleNamespace(logits=torch.zeros(2, 5, 3), pred_boxes=torch.zeros(2, 4, 4)), "pred_boxes"),
         (dict(), types.SimpleNamespace(logits=torch.zeros(2, 5, 3)), "pred_boxes"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +106,8 @@ def post_process_object_detection(
         )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        raise ValueError(f"threshold must be a real number, got {threshold!r}")
     _check_nms_threshold(nms_threshold)
     batch_size, _, num_classes = logits.shape
 
