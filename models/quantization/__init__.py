@@ -1,0 +1,21 @@
+"""CPU int8 detectors: :func:`quantize` a float detector with calibration images, run it like the
+model, save and load it (``docs/quantization.md``).
+
+``torchao`` (PyTorch's quantization library) is imported only when a model is quantized or loaded.
+"""
+
+from models.quantization.calibrate import calibration_from_images
+from models.quantization.cpu_support import QuantizationUnsupported, check_cpu_support
+from models.quantization.detector import QuantizedDetectionOutput, QuantizedDetector
+from models.quantization.quantize import quantize
+from models.quantization.recipe import QuantizationRecipe
+
+__all__ = [
+    "QuantizationRecipe",
+    "QuantizationUnsupported",
+    "QuantizedDetectionOutput",
+    "QuantizedDetector",
+    "calibration_from_images",
+    "check_cpu_support",
+    "quantize",
+]
