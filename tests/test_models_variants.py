@@ -208,10 +208,24 @@ def test_bare_model_returns_decoder_states_without_heads():
         out = model(torch.randn(2, 3, 64, 64))
     assert out.last_hidden_state.shape == (2, 10, 64)
     assert out.encoder_last_hidden_state.shape[0] == 2 and out.enc_outputs_class is None
-    with pytest.raises(ValueError, match="two_stage"):
-        DeformableDetrModel(DeformableDetrConfig(**SMALL, with_box_refine=True, two_stage=True, use_pretrained_backbone=False))
     with pytest.raises(TypeError, match="config"):
         DeformableDetrModel({"d_model": 64})
+
+
+def test_bare_two_stage_model_loads_a_detection_checkpoint(tmp_path):
+    """The bare model builds its own proposal heads, so it loads a two-stage detector's checkpoint
+    (as ``transformers`` does) and gives the detector's decoder states."""
+    from models import DeformableDetrModel
+
+    detector = models.deformable_detr_two_stage(**SMALL).eval()
+    detector.save_pretrained(tmp_path)
+    bare, report = DeformableDetrModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert report.clean, report.describe()  # every head is one the decoder uses
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        theirs, ours = detector(pixels), bare(pixels)
+    torch.testing.assert_close(ours.last_hidden_state, theirs.last_hidden_state)
+    torch.testing.assert_close(ours.enc_outputs_class, theirs.enc_outputs_class)
 
 
 def test_one_variant_table_feeds_factories_cli_and_original_args():

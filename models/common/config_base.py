@@ -165,7 +165,12 @@ class DetectionConfig:
         return type(self).from_dict(data, **overrides)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, type(self)) and self.to_dict() == other.to_dict()
+        """Equal fields; the keys that describe the file rather than the model (``architectures``,
+        ``transformers_version``, ``_name_or_path``) are not compared."""
+        if not isinstance(other, type(self)):
+            return False
+        bookkeeping = ("architectures", "transformers_version", "_name_or_path")
+        return {k: v for k, v in self.to_dict().items() if k not in bookkeeping} == {k: v for k, v in other.to_dict().items() if k not in bookkeeping}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

@@ -22,8 +22,10 @@ from models.backbones import BackboneWithPositions
 from models.common.attentions import record_attentions
 from models.common.multi_scale import MultiScaleFeatures, check_pixels, multi_scale_features
 from models.common.outputs import resolve_output_flags
+from models.common.query_groups import MATCHING, GroupQueries, QueryBlock, QueryGroup, QueryLayout, check_groups, self_attention_mask
 
 QUERY_SELECTION = "query_selection"
+QUERY_GROUPS = "query_groups"
 
 
 class SelectedQueries(NamedTuple):
@@ -33,8 +35,9 @@ class SelectedQueries(NamedTuple):
     (normalized, relative to the unpadded image); query_position ``[B, Q, C]`` or None (the decoder's
     policy computes positions); enc_outputs_class ``[B, S, K]`` and enc_outputs_coord_logits
     ``[B, S, 4]``: the encoder proposals when the selection makes them; self_attn_mask: the
-    decoder's self-attention mask (True = may not attend) or None; extras: whatever else a family's
-    selection hands to its own ``output_fields`` (e.g. denoising metadata), or None.
+    decoder's self-attention mask among these queries (True = may not attend) or None;
+    proposal_logits ``[B, Q, K]`` and proposal_boxes ``[B, Q, 4]`` (normalized, with their graph):
+    the selected proposals as the proposal heads scored them, when a loss supervises them.
     """
 
     target: torch.Tensor
@@ -43,19 +46,49 @@ class SelectedQueries(NamedTuple):
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
     self_attn_mask: torch.Tensor | None = None
-    extras: dict[str, Any] | None = None
+    proposal_logits: torch.Tensor | None = None
+    proposal_boxes: torch.Tensor | None = None
+
+    def rows(self, start: int, size: int) -> "SelectedQueries":
+        """Queries ``start .. start + size`` (the per-token encoder proposals are kept whole)."""
+
+        def cut(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.narrow(1, start, size)
+
+        mask = None if self.self_attn_mask is None else self.self_attn_mask[start : start + size, start : start + size]
+        return self._replace(
+            target=cut(self.target), reference_points=cut(self.reference_points), query_position=cut(self.query_position),
+            self_attn_mask=mask, proposal_logits=cut(self.proposal_logits), proposal_boxes=cut(self.proposal_boxes),
+        )
+
+
+class GroupDecoderOutput(NamedTuple):
+    """A query group's slice of the decoder outputs: hidden_states ``[B, D, N, C]``,
+    init_reference_points ``[B, N, 2|4]``, intermediate_reference_points ``[B, D, N, 2|4]``, and the
+    group's ``state`` (handed to its loss)."""
+
+    hidden_states: torch.Tensor
+    init_reference_points: torch.Tensor
+    intermediate_reference_points: torch.Tensor
+    state: Any = None
+
+
+def _stored_submodules(module: nn.Module) -> list[str]:
+    """Prefixes whose parameters are stored at the model's level: the query selection, the groups."""
+    return [QUERY_SELECTION] + [f"{QUERY_GROUPS}.{index}" for index in range(len(getattr(module, QUERY_GROUPS)))]
 
 
 def _flatten_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    inner = f"{prefix}{QUERY_SELECTION}."
-    for key in [key for key in state_dict if key.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+    for inner in (f"{prefix}{name}." for name in _stored_submodules(module)):
+        for key in [key for key in state_dict if key.startswith(inner)]:
+            state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
 
 
 def _nest_state_dict(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    for name in getattr(module, QUERY_SELECTION).state_dict(keep_vars=True):
-        if prefix + name in state_dict:
-            state_dict[f"{prefix}{QUERY_SELECTION}.{name}"] = state_dict.pop(prefix + name)
+    for inner in _stored_submodules(module):
+        for name in module.get_submodule(inner).state_dict(keep_vars=True):
+            if prefix + name in state_dict:
+                state_dict[f"{prefix}{inner}.{name}"] = state_dict.pop(prefix + name)
 
 
 class DeformableTransformerModel(nn.Module):
@@ -71,9 +104,11 @@ class DeformableTransformerModel(nn.Module):
         decoder: the decoder stack.
         num_channels: input image channels (validated in ``forward``).
         output_class: the output dataclass ``forward`` returns (fields as ``DeformableDetrModelOutput``).
+        groups: training-time query groups (``models.common.query_groups``) next to the matching
+            queries; the standard output fields always hold the matching queries only.
 
     Submodules: ``backbone``, ``input_proj``, ``level_embed``, ``encoder``, ``query_selection``
-    (state-dict keys without that prefix), ``decoder``.
+    and ``query_groups`` (state-dict keys without those prefixes), ``decoder``.
     """
 
     def __init__(
@@ -87,6 +122,7 @@ class DeformableTransformerModel(nn.Module):
         decoder: DeformableDecoder,
         num_channels: int,
         output_class: type,
+        groups: list[QueryGroup] | None = None,
     ) -> None:
         super().__init__()
         if level_embed.dim() != 2 or level_embed.shape[0] != len(input_proj):
@@ -99,6 +135,7 @@ class DeformableTransformerModel(nn.Module):
         self.decoder = decoder
         self.num_channels = num_channels
         self.output_class = output_class
+        self.query_groups = check_groups(groups)
         self.register_state_dict_post_hook(_flatten_state_dict)
         self.register_load_state_dict_pre_hook(_nest_state_dict)
 
@@ -141,10 +178,30 @@ class DeformableTransformerModel(nn.Module):
 
     def select_queries(
         self, memory: torch.Tensor, features: MultiScaleFeatures, targets: list[dict[str, torch.Tensor]] | None = None
-    ) -> SelectedQueries:
-        """Step 3: the decoder's queries and reference points (learned, or from encoder proposals).
-        ``targets`` (training labels) are for variants that build queries from them (denoising)."""
-        return self.query_selection(memory, features, self.proposal_heads())
+    ) -> tuple[SelectedQueries, QueryLayout]:
+        """Step 3: the decoder's queries and reference points (learned, or from encoder proposals),
+        with the active query groups' blocks around the matching ones (``targets``: training labels,
+        for groups built from them) and the layout that cuts them apart again."""
+        selected = self.query_selection(memory, features, self.proposal_heads())
+        num_matching = selected.target.shape[1] - sum(group.selected for group in self.query_groups)
+        if num_matching < 1:
+            raise ValueError(
+                f"the query selection gave {selected.target.shape[1]} queries, but the groups take "
+                f"{selected.target.shape[1] - num_matching} of them: none is left for matching"
+            )
+        matching = selected.rows(0, num_matching)
+        made: list[tuple[QueryGroup, GroupQueries]] = []
+        offset = num_matching
+        for group in self.query_groups:
+            rows = selected.rows(offset, group.selected) if group.selected else None
+            offset += group.selected
+            if group.active(self.training, targets):
+                queries = group.queries(rows, targets)
+                if queries is not None:
+                    made.append((group, queries))
+        if not made:
+            return matching, QueryLayout((QueryBlock(MATCHING, 0, num_matching),))
+        return _compose(matching, made)
 
     def decode(
         self, queries: SelectedQueries, memory: torch.Tensor, features: MultiScaleFeatures, output_hidden_states: bool = False
@@ -185,25 +242,38 @@ class DeformableTransformerModel(nn.Module):
     def _steps(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_hidden_states: bool, targets: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:
         features = self.multi_scale_features(pixel_values, pixel_mask)
         encoded = self.encode(features, output_hidden_states)
-        queries = self.select_queries(encoded.last_hidden_state, features, targets)
+        queries, layout = self.select_queries(encoded.last_hidden_state, features, targets)
         decoded = self.decode(queries, encoded.last_hidden_state, features, output_hidden_states)
-        return self.output_fields(features, encoded, queries, decoded)
+        return self.output_fields(features, encoded, queries, decoded, layout)
 
     def output_fields(
-        self, features: MultiScaleFeatures, encoded: DeformableEncoderOutput, queries: SelectedQueries, decoded: DeformableDecoderOutput
+        self, features: MultiScaleFeatures, encoded: DeformableEncoderOutput, queries: SelectedQueries, decoded: DeformableDecoderOutput, layout: QueryLayout
     ) -> dict[str, Any]:
-        """Step 5: the output fields by name (a family adds its own by overriding this)."""
-        return {
-            "init_reference_points": queries.reference_points,
-            "last_hidden_state": decoded.last_hidden_state,
-            "intermediate_hidden_states": decoded.intermediate_hidden_states,
-            "intermediate_reference_points": decoded.intermediate_reference_points,
-            "decoder_hidden_states": decoded.hidden_states,
+        """Step 5: the output fields by name (a family adds its own by overriding this): the
+        matching queries' slices, and ``query_groups`` (``{name: GroupDecoderOutput}``) when groups ran."""
+        fields = {
+            "init_reference_points": layout.take(queries.reference_points, MATCHING, 1),
+            "intermediate_hidden_states": layout.take(decoded.intermediate_hidden_states, MATCHING, 2),
+            "intermediate_reference_points": layout.take(decoded.intermediate_reference_points, MATCHING, 2),
+            "decoder_hidden_states": None if decoded.hidden_states is None else tuple(layout.take(h, MATCHING, 1) for h in decoded.hidden_states),
             "encoder_last_hidden_state": encoded.last_hidden_state,
             "encoder_hidden_states": encoded.hidden_states,
             "enc_outputs_class": queries.enc_outputs_class,
             "enc_outputs_coord_logits": queries.enc_outputs_coord_logits,
         }
+        fields["last_hidden_state"] = decoded.last_hidden_state if layout.is_plain else fields["intermediate_hidden_states"][:, -1]
+        if not layout.is_plain:
+            fields["query_groups"] = {
+                block.name: GroupDecoderOutput(
+                    layout.take(decoded.intermediate_hidden_states, block.name, 2),
+                    layout.take(queries.reference_points, block.name, 1),
+                    layout.take(decoded.intermediate_reference_points, block.name, 2),
+                    block.state,
+                )
+                for block in layout.blocks
+                if block.name != MATCHING
+            }
+        return fields
 
     def forward(
         self,
@@ -231,20 +301,37 @@ class DeformableTransformerModel(nn.Module):
             ``encoder_last_hidden_state``, ``encoder_hidden_states``, ``encoder_attentions``,
             ``enc_outputs_class``, ``enc_outputs_coord_logits`` (or their tuple).
         """
-        return self.forward_with_targets(pixel_values, pixel_mask, output_attentions, output_hidden_states, return_dict)
-
-    def forward_with_targets(
-        self,
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor | None,
-        output_attentions: bool | None,
-        output_hidden_states: bool | None,
-        return_dict: bool | None,
-        targets: list[dict[str, torch.Tensor]] | None = None,
-    ) -> Any:
-        """``forward``'s work, with ``targets`` for variants whose queries use them (``run_steps``)."""
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             getattr(self, "config", None), output_attentions, output_hidden_states, return_dict
         )
-        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, targets, output_attentions))
+        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, None, output_attentions))
         return output if return_dict else output.to_tuple()
+
+
+def _compose(matching: SelectedQueries, made: list[tuple[QueryGroup, GroupQueries]]) -> tuple[SelectedQueries, QueryLayout]:
+    """The matching queries and the groups' queries in one block order, with the self-attention
+    mask that keeps them apart (``models.common.query_groups``)."""
+    ordered: list[tuple[str, GroupQueries]] = [(g.name, q) for g, q in made if g.placement == "before"]
+    ordered.append((MATCHING, GroupQueries(matching.target, matching.reference_points, matching.query_position, matching.self_attn_mask)))
+    ordered += [(g.name, q) for g, q in made if g.placement == "after"]
+    has_position = matching.query_position is not None
+    blocks, start = [], 0
+    for name, queries in ordered:
+        if (queries.query_position is not None) != has_position:
+            raise ValueError(f"query group {name!r} must give query_position exactly when the matching queries do ({has_position})")
+        if queries.reference_points.shape[-1] != matching.reference_points.shape[-1]:
+            raise ValueError(f"query group {name!r} gives {queries.reference_points.shape[-1]}-d reference points; the matching queries use {matching.reference_points.shape[-1]}-d")
+        blocks.append(QueryBlock(name, start, queries.target.shape[1], queries.state))
+        start += queries.target.shape[1]
+    layout = QueryLayout(tuple(blocks))
+    dtype = matching.target.dtype
+    mask = self_attention_mask(
+        layout, {name: q.attention_block for name, q in ordered}, {g.name for g, _ in made if g.sees_matching}, matching.target.device
+    )
+    combined = matching._replace(
+        target=torch.cat([q.target.to(dtype) for _, q in ordered], 1),
+        reference_points=torch.cat([q.reference_points.to(matching.reference_points.dtype) for _, q in ordered], 1),
+        query_position=torch.cat([q.query_position.to(dtype) for _, q in ordered], 1) if has_position else None,
+        self_attn_mask=mask,
+    )
+    return combined, layout

@@ -71,7 +71,8 @@ class TransformerFields(OutputMixin):
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
     enc_outputs_class: torch.Tensor | None = None
     enc_outputs_coord_logits: torch.Tensor | None = None
-
+    # not in transformers: {group name: GroupDecoderOutput} of the training-time query groups that ran
+    query_groups: dict[str, Any] | None = None
 
 
 @dataclass
@@ -85,6 +86,8 @@ class DetectionFields:
     - pred_boxes ``[B, Q, 4]`` normalized (cx, cy, w, h).
     - auxiliary_outputs: ``[{"logits", "pred_boxes"}, ...]`` of the earlier decoder layers, with
       labels and auxiliary losses.
+    - group_outputs (not in ``transformers``; set only in training when query groups ran):
+      ``{name: {"logits", "pred_boxes", "auxiliary_outputs"}}`` of each group's queries.
     """
 
     loss: torch.Tensor | None = None
@@ -92,6 +95,7 @@ class DetectionFields:
     logits: torch.Tensor | None = None
     pred_boxes: torch.Tensor | None = None
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+    group_outputs: dict[str, dict[str, Any]] | None = None
 
 
 def resolve_output_flags(

@@ -90,6 +90,22 @@ class DeformableDetrConfig(DetectionConfig):
             weight 1, as in transformers).
         two_stage, two_stage_num_proposals, with_box_refine: variant switches.
         disable_custom_kernels: run the pure-PyTorch attention (for ONNX export).
+        num_queries_one2many, k_one2many, lambda_one2many: H-Deformable-DETR's hybrid matching
+            (not in ``transformers``): ``num_queries_one2many > 0`` adds, in training only, that
+            many queries matched against every target repeated ``k_one2many`` times, their loss
+            weighted by ``lambda_one2many`` (terms ``<name>_one2many``). Inference runs the
+            ``num_queries`` one-to-one queries only. Defaults 0 (off), 6, 1.0 (the paper's k and λ).
+        mixed_selection: two-stage content queries from a learned table (H-DETR's switch; DINO's
+            mixed query selection). Needs ``two_stage``.
+        look_forward_twice: box refinement records the undetached refined boxes, so a layer's box
+            loss also trains the previous layer (H-DETR's and DINO's switch). Needs ``with_box_refine``.
+        dn_number, dn_label_noise_ratio, dn_box_noise_scale: contrastive denoising queries in
+            training (DN-Deformable-DETR, with DINO's contrastive scheme; ``dn_number=0``, the
+            default, is no denoising). Needs ``two_stage`` (denoising queries are boxes; one-stage
+            references are points). Defaults 0, 0.2, 0.4 (DN-DETR's noise).
+        group_detr: Group-DETR's K: ``K - 1`` extra groups of ``num_queries`` learned queries in
+            training, each matched one-to-one on its own, masked apart (terms ``<name>_group<g>``).
+            Default 1 (off). One-stage only.
         num_labels / id2label / label2id: classes of the detection head (default 2, like transformers).
         output_attentions, output_hidden_states, return_dict: what ``forward`` returns when the
             call does not say (defaults False, False, True); ``use_return_dict`` reads ``return_dict``.
@@ -146,6 +162,15 @@ class DeformableDetrConfig(DetectionConfig):
         eos_coefficient: float = 0.1,
         focal_alpha: float = 0.25,
         disable_custom_kernels: bool = False,
+        num_queries_one2many: int = 0,
+        k_one2many: int = 6,
+        lambda_one2many: float = 1.0,
+        mixed_selection: bool = False,
+        look_forward_twice: bool = False,
+        dn_number: int = 0,
+        dn_label_noise_ratio: float = 0.2,
+        dn_box_noise_scale: float = 0.4,
+        group_detr: int = 1,
         num_labels: int | None = None,
         id2label: dict | None = None,
         label2id: dict | None = None,
@@ -209,6 +234,15 @@ class DeformableDetrConfig(DetectionConfig):
         self.eos_coefficient = eos_coefficient
         self.focal_alpha = focal_alpha
         self.disable_custom_kernels = disable_custom_kernels
+        self.num_queries_one2many = num_queries_one2many
+        self.k_one2many = k_one2many
+        self.lambda_one2many = lambda_one2many
+        self.mixed_selection = mixed_selection
+        self.look_forward_twice = look_forward_twice
+        self.dn_number = dn_number
+        self.dn_label_noise_ratio = dn_label_noise_ratio
+        self.dn_box_noise_scale = dn_box_noise_scale
+        self.group_detr = group_detr
         self.output_attentions = output_attentions
         self.output_hidden_states = output_hidden_states
         self.return_dict = return_dict
@@ -277,20 +311,24 @@ class DeformableDetrConfig(DetectionConfig):
 
         for name in ("num_channels", "num_queries", "d_model", "encoder_ffn_dim", "decoder_ffn_dim",
                      "encoder_attention_heads", "decoder_attention_heads", "decoder_layers", "num_feature_levels",
-                     "encoder_n_points", "decoder_n_points", "two_stage_num_proposals", "max_position_embeddings"):
+                     "encoder_n_points", "decoder_n_points", "two_stage_num_proposals", "max_position_embeddings",
+                     "k_one2many", "group_detr"):
             positive_int(name)
-        positive_int("encoder_layers", 0)
-        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "focal_alpha"):
+        for name in ("encoder_layers", "num_queries_one2many", "dn_number"):
+            positive_int(name, 0)
+        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "focal_alpha", "dn_label_noise_ratio"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         for name in ("init_std", "init_xavier_std", "class_cost", "bbox_cost", "giou_cost", "mask_loss_coefficient",
-                     "dice_loss_coefficient", "bbox_loss_coefficient", "giou_loss_coefficient", "eos_coefficient"):
+                     "dice_loss_coefficient", "bbox_loss_coefficient", "giou_loss_coefficient", "eos_coefficient",
+                     "lambda_one2many", "dn_box_noise_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         for name in ("use_timm_backbone", "use_pretrained_backbone", "dilation", "two_stage", "with_box_refine",
-                     "auxiliary_loss", "disable_custom_kernels", "output_attentions", "output_hidden_states", "return_dict"):
+                     "auxiliary_loss", "disable_custom_kernels", "output_attentions", "output_hidden_states", "return_dict",
+                     "mixed_selection", "look_forward_twice"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.d_model % self.encoder_attention_heads != 0:
@@ -307,6 +345,14 @@ class DeformableDetrConfig(DetectionConfig):
             raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding_type!r}")
         if self.two_stage and not self.with_box_refine:
             raise ValueError("two_stage=True needs with_box_refine=True (the paper's two-stage model refines boxes)")
+        if self.mixed_selection and not self.two_stage:
+            raise ValueError("mixed_selection=True needs two_stage=True (it mixes learned contents with proposal positions)")
+        if self.look_forward_twice and not self.with_box_refine:
+            raise ValueError("look_forward_twice=True needs with_box_refine=True (it changes how refined boxes are recorded)")
+        if self.dn_number > 0 and not self.two_stage:
+            raise ValueError("dn_number > 0 needs two_stage=True: denoising queries are boxes, and one-stage Deformable DETR's references are points")
+        if self.group_detr > 1 and self.two_stage:
+            raise ValueError("group_detr > 1 needs two_stage=False: Group-DETR's extra groups are learned queries")
         if self.backbone is not None and self.backbone_config is not None:
             raise ValueError("give either backbone or backbone_config, not both")
         if self.backbone is None and self.backbone_config is None:

@@ -44,10 +44,15 @@ class TwoStageProposals(nn.Module):
     by class 0 become reference boxes ``[B, k, 4]``; their sine embedding, through ``pos_trans`` and
     ``pos_trans_norm``, gives the query positions and contents.
 
-    Submodules: ``enc_output``, ``enc_output_norm``, ``pos_trans``, ``pos_trans_norm``.
+    With ``mixed_selection`` (H-DETR's switch, as DINO's mixed query selection) the contents are a
+    learned table ``query_position_embeddings`` ``[k, C]`` instead (the original code's
+    ``query_embed``; the name is the key ``transformers``' layout gives it).
+
+    Submodules: ``enc_output``, ``enc_output_norm``, ``pos_trans``, ``pos_trans_norm``
+    (+ ``query_position_embeddings`` with mixed selection).
     """
 
-    def __init__(self, num_proposals: int, d_model: int) -> None:
+    def __init__(self, num_proposals: int, d_model: int, *, mixed_selection: bool = False) -> None:
         super().__init__()
         if num_proposals < 1 or d_model < 1:
             raise ValueError(f"num_proposals and d_model must be positive, got {num_proposals} and {d_model}")
@@ -57,6 +62,18 @@ class TwoStageProposals(nn.Module):
         self.enc_output_norm = nn.LayerNorm(d_model)
         self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
         self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        self.query_position_embeddings = nn.Embedding(num_proposals, d_model) if mixed_selection else None
+
+    def box_queries(self, box_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(query_position, content)`` ``[B, N, C]`` each, from boxes in logit space ``[B, N, 4]``
+        (their sine embedding through ``pos_trans`` and ``pos_trans_norm``)."""
+        embedded = proposal_position_embedding(box_logits, self.d_model // 2)
+        query_position, content = self.pos_trans_norm(self.pos_trans(embedded)).split(self.d_model, dim=2)
+        return query_position, content
+
+    def box_positions(self, box_logits: torch.Tensor) -> torch.Tensor:
+        """The query positions ``[B, N, C]`` of boxes in logit space ``[B, N, 4]`` (e.g. denoising queries)."""
+        return self.box_queries(box_logits)[0]
 
     def forward(self, memory: torch.Tensor, features: MultiScaleFeatures, proposal_heads: tuple[nn.Module, nn.Module] | None = None) -> SelectedQueries:
         """memory ``[B, S, C]``; proposal_heads: (class head, box head) that score the proposals."""
@@ -68,6 +85,7 @@ class TwoStageProposals(nn.Module):
         enc_outputs_class = class_head(object_queries)
         enc_outputs_coord_logits = box_head(object_queries) + proposals
         top_logits, _ = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.num_proposals)
-        embedded = proposal_position_embedding(top_logits, self.d_model // 2)
-        query_position, target = self.pos_trans_norm(self.pos_trans(embedded)).split(self.d_model, dim=2)
+        query_position, target = self.box_queries(top_logits)
+        if self.query_position_embeddings is not None:
+            target = self.query_position_embeddings.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         return SelectedQueries(target, top_logits.sigmoid(), query_position, enc_outputs_class, enc_outputs_coord_logits)

@@ -1,10 +1,10 @@
-"""DINO's training loss: Deformable DETR's set criterion plus the intermediate and denoising terms.
+"""DINO's training loss: Deformable DETR's set criterion plus the intermediate terms.
 
 Terms (weights from the config; a suffix resolves to its base weight, see ``detr_blocks.weight_names``):
 ``loss_ce``, ``loss_bbox``, ``loss_giou`` of the last layer; ``_<i>`` of the earlier layers;
 ``_interm`` of the selected encoder proposals (class-aware, matched on their own; ``loss_ce_interm``
-weighted by ``interm_loss_coefficient``); ``_dn`` / ``_dn_<i>`` of the denoising queries, with the
-known matching and the normalizer ``num_boxes · groups``.
+weighted by ``interm_loss_coefficient``). The denoising terms (``_dn``) are the denoising query
+group's (``models.common.denoising_group``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from detr_blocks.denoising import denoising_losses
 from detr_blocks.losses import SetCriterion
 from models.dino.config import DinoConfig
 
 
 class DinoCriterion(SetCriterion):
-    """``SetCriterion`` with DINO's ``interm_outputs`` and ``dn_outputs`` (+ ``denoising_meta``).
+    """``SetCriterion`` with DINO's ``interm_outputs``.
 
     Args:
         config: the weights, focal alpha and class count.
@@ -37,11 +36,9 @@ class DinoCriterion(SetCriterion):
         super().__init__(config.num_labels, matcher, weight_dict=weights, focal_alpha=config.focal_alpha)
 
     def compute_losses(self, outputs: Mapping[str, object], targets: Sequence[Mapping[str, torch.Tensor]], num_boxes: float) -> dict[str, torch.Tensor]:
-        """The matching terms (final and ``_<i>``), then ``_interm`` and, when present, ``_dn``."""
+        """The matching terms (final and ``_<i>``), then ``_interm``."""
         losses = super().compute_losses(outputs, targets, num_boxes)
         interm = outputs.get("interm_outputs")
         if interm is not None:
             losses.update({f"{name}_interm": value for name, value in self.losses_for(interm, targets, num_boxes).items()})
-        if outputs.get("dn_outputs") is not None:
-            losses.update(denoising_losses(self, outputs["dn_outputs"], targets, outputs["denoising_meta"], num_boxes))
         return losses

@@ -29,26 +29,29 @@ class DinoModelOutput(TransformerFields):
     - enc_outputs_class ``[B, S, K]``, enc_outputs_coord_logits ``[B, S, 4]``: every token's proposal.
     - enc_topk_logits ``[B, Q, K]``, enc_topk_boxes ``[B, Q, 4]``: the selected proposals (the
       intermediate loss's predictions; boxes not detached).
-    - denoising_meta: ``detr_blocks.DenoisingMeta`` when denoising queries were added (training with
-      labels); the fields above then hold only the matching queries, and the denoising part is in
-      dn_hidden_states ``[B, D, pad, C]`` and dn_init_reference_points ``[B, pad, 4]``,
-      dn_reference_points ``[B, D, pad, 4]``.
+    - query_groups: in training with labels, ``{"dn": GroupDecoderOutput}``, the denoising
+      queries' slice of the decoder outputs (its ``state`` is the ``detr_blocks.DenoisingMeta``);
+      the fields above hold only the matching queries. ``denoising_meta`` reads that state.
     """
 
     enc_topk_logits: torch.Tensor | None = None
     enc_topk_boxes: torch.Tensor | None = None
-    dn_hidden_states: torch.Tensor | None = None
-    dn_init_reference_points: torch.Tensor | None = None
-    dn_reference_points: torch.Tensor | None = None
-    denoising_meta: Any = None
+
+    @property
+    def denoising_meta(self) -> Any:
+        """The ``DenoisingMeta`` of the denoising queries when they ran, else None."""
+        part = (self.query_groups or {}).get("dn")
+        return None if part is None else part.state
 
 
 @register_output
 @dataclass
 class DinoObjectDetectionOutput(DinoModelOutput, DetectionFields):
     """Output of ``DinoForObjectDetection``: ``DetectionFields`` (loss, loss_dict, logits
-    ``[B, Q, K]``, pred_boxes ``[B, Q, 4]``, auxiliary_outputs; first), the ``DinoModelOutput``
-    fields, and in training with denoising ``dn_outputs``: ``{"logits", "pred_boxes",
-    "auxiliary_outputs"}`` of the denoising queries."""
+    ``[B, Q, K]``, pred_boxes ``[B, Q, 4]``, auxiliary_outputs, group_outputs; first) and the
+    ``DinoModelOutput`` fields. ``dn_outputs`` reads ``group_outputs["dn"]``: ``{"logits",
+    "pred_boxes", "auxiliary_outputs"}`` of the denoising queries, in training with labels."""
 
-    dn_outputs: dict[str, Any] | None = None
+    @property
+    def dn_outputs(self) -> dict[str, Any] | None:
+        return (self.group_outputs or {}).get("dn")

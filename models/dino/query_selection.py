@@ -26,8 +26,8 @@ class MixedQuerySelection(nn.Module):
         class_head: scores a token's proposal ``[.., C] → [.., K]`` (may be the decoder's head).
         box_head: regresses a token's box delta ``[.., C] → [.., 4]`` (may be the decoder's head).
 
-    Returns ``SelectedQueries`` with ``extras = {"enc_topk_logits" [B, k, K], "enc_topk_boxes"
-    [B, k, 4]}`` (the selected proposals through the heads; boxes not detached).
+    Returns ``SelectedQueries`` with ``proposal_logits`` ``[B, k, K]`` and ``proposal_boxes``
+    ``[B, k, 4]`` (the selected proposals through the heads; boxes not detached).
     """
 
     def __init__(self, num_queries: int, d_model: int, class_head: nn.Module, box_head: nn.Module) -> None:
@@ -59,5 +59,6 @@ class MixedQuerySelection(nn.Module):
             None,
             enc_outputs_class,
             enc_outputs_coord_logits,
-            extras={"enc_topk_logits": topk_class, "enc_topk_boxes": topk_boxes},
+            proposal_logits=topk_class,
+            proposal_boxes=topk_boxes,
         )
