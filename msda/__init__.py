@@ -7,6 +7,7 @@ Public API:
     active_implementation        which implementation serves a device, and why
 """
 
+from msda import environment as _environment
 from msda import loader as _loader
 from msda import registration as _registration
 from msda.loader import Implementation, active_implementation
@@ -16,6 +17,7 @@ from msda.reference import ms_deform_attn_reference
 
 # A verified cached build is loaded now (it defines the ops); then Python defines whatever is still
 # missing and attaches fake kernels, autograd, autocast and the build-on-first-call fallback.
+_environment.check_all()  # a bad MSDA_* value raises here, naming the variable and its valid values
 _loader.load_cached()
 _registration.register()
 

@@ -8,14 +8,14 @@ file lock serialises concurrent builds; a process that waits for another's build
 15 s. A broken cached build is rebuilt; when no build is possible the op falls back to the
 reference with one warning whose advice fits the cause.
 
-Environment variables:
-    MSDA_FORCE_REFERENCE=1   never compile; use the pure-PyTorch reference everywhere.
+Environment variables (checked by :mod:`msda.environment`; a value outside the valid ones raises):
     MSDA_BUILD_CUDA=1        compile the CUDA sources even when torch sees no GPU (build check).
     MSDA_BUILD_CUDA=0        never compile the CUDA sources.
     MSDA_CACHE_DIR=PATH      where compiled libraries are kept (default ~/.cache/msda).
     MSDA_VERBOSE_BUILD=1     show the compiler's output.
     MSDA_CPU_ISA=avx2        build the CPU kernels for AVX2 even where torch reports AVX-512 (to measure
                              AVX2-only machines; the flags are part of the cache entry's name).
+    MSDA_FORCE_REFERENCE=1   deprecated: never compile; the op computes the pure-PyTorch reference.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from msda import build_cache
+from msda import build_cache, environment
 from msda.build_cache import Entry
 
 logger = logging.getLogger("msda")
@@ -65,15 +65,6 @@ def source_dir() -> Path:
     raise FileNotFoundError(f"msda C++ sources not found next to {_PACKAGE_DIR} (looked for csrc/ms_deform_attn.cpp)")
 
 
-def _env_flag(name: str) -> str | None:
-    value = os.environ.get(name)
-    return None if value is None or value == "" else value.strip().lower()
-
-
-def _env_true(name: str) -> bool:
-    return _env_flag(name) in ("1", "true", "yes")
-
-
 def _cpu_flags() -> list[str]:
     flags = ["-O3", "-fopenmp", "-fno-trapping-math"]  # the C++ standard is torch's choice (C++20 for torch >= 2.10)
     capability = cpu_isa()
@@ -88,7 +79,7 @@ def cpu_isa() -> str:
     """The instruction set the CPU kernels are built for: torch's CPU capability ("AVX512", "AVX2",
     "DEFAULT", ...), capped at AVX2 when ``MSDA_CPU_ISA=avx2``."""
     capability = torch.backends.cpu.get_cpu_capability()
-    if _env_flag("MSDA_CPU_ISA") == "avx2" and capability == "AVX512":
+    if environment.cpu_isa() == "avx2" and capability == "AVX512":
         return "AVX2"
     return capability
 
@@ -104,12 +95,8 @@ def _cuda_arch_list() -> str:
 
 def wants_cuda() -> bool:
     """Whether the CUDA sources should be compiled: a visible GPU, or ``MSDA_BUILD_CUDA=1``."""
-    flag = _env_flag("MSDA_BUILD_CUDA")
-    if flag in ("0", "false", "no"):
-        return False
-    if _env_true("MSDA_BUILD_CUDA"):
-        return True
-    return torch.cuda.is_available()
+    flag = environment.flag("MSDA_BUILD_CUDA")
+    return torch.cuda.is_available() if flag is None else flag
 
 
 def _sources(with_cuda: bool, cpu_kernels: bool = True) -> list[Path]:
@@ -138,7 +125,7 @@ def _build_name(sources: list[Path], cflags: list[str], with_cuda: bool, cpu_ker
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MSDA_CACHE_DIR") or Path.home() / ".cache" / "msda")
+    return Path(environment.folder("MSDA_CACHE_DIR") or Path.home() / ".cache" / "msda")
 
 
 def _plan(with_cuda: bool, build_root: Path | None, cpu_kernels: bool = True) -> tuple[Entry, list[Path], list[str]]:
@@ -296,7 +283,7 @@ def _compile(entry: Entry, sources: list[Path], cflags: list[str], with_cuda: bo
         build_directory=str(entry.folder),
         is_python_module=False,
         with_cuda=with_cuda,
-        verbose=_env_true("MSDA_VERBOSE_BUILD"),
+        verbose=environment.flag("MSDA_VERBOSE_BUILD") is True,
         **extra,
     )
 
@@ -318,7 +305,7 @@ _state: dict[str, object] = {"tried": False, "cpu": False, "cuda": False, "reaso
 
 def load_cached() -> bool:
     """At import: load a verified cached build if there is one; never compile, never warn."""
-    if _env_true("MSDA_FORCE_REFERENCE"):
+    if environment.force_reference():
         return False
     with _lock:
         if _state["tried"]:
@@ -329,6 +316,8 @@ def load_cached() -> bool:
             if build_cache.problem(entry) is not None:
                 return False
             _load(entry)
+        except environment.InvalidSwitch:
+            raise
         except Exception:  # noqa: BLE001 - the first call will rebuild and report
             return False
         _state.update(tried=True, cpu=True, cuda=with_cuda, library=entry.library, reason=f"compiled from {source_dir()} (cached in {entry.folder})")
@@ -342,8 +331,8 @@ def ensure_loaded() -> None:
     with _lock:
         if _state["tried"]:
             return
-        if _env_true("MSDA_FORCE_REFERENCE"):
-            _state.update(tried=True, reason="MSDA_FORCE_REFERENCE is set")
+        if environment.force_reference():
+            _state.update(tried=True, reason="MSDA_FORCE_REFERENCE is set (deprecated)")
             return
         with_cuda = wants_cuda()
         try:
@@ -351,6 +340,8 @@ def ensure_loaded() -> None:
             _state.update(cpu=True, cuda=with_cuda, library=library, reason=f"compiled from {source_dir()} (cached in {library.parent})")
         except BuildUnavailable as error:
             _fall_back(error.reason, error.advice)
+        except environment.InvalidSwitch:
+            raise
         except Exception as error:  # noqa: BLE001 - any build failure means: use the reference
             _fall_back(
                 f"compiling the extension failed ({_first_error_line(error)})",
@@ -363,7 +354,8 @@ def _fall_back(reason: str, advice: str) -> None:
     _state["reason"] = reason
     warnings.warn(
         f"msda: falling back to the pure-PyTorch reference: {reason}. {advice} "
-        "Or set MSDA_FORCE_REFERENCE=1 to silence this.",
+        "To run the reference without trying to compile, pass use_reference=True to "
+        "msda.MultiScaleDeformableAttention (disable_custom_kernels=True in a model config).",
         RuntimeWarning,
         stacklevel=4,
     )

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <sys/mman.h>
@@ -92,9 +93,25 @@ class RecyclingAllocator final : public c10::Allocator {
     size_t size;
   };
 
-  RecyclingAllocator() {
+  RecyclingAllocator() : limit_(cache_limit_mb() << 20) {}
+
+  // MSDA_CPU_CACHE_MB: ASCII digits (spaces around them allowed), or unset/empty for the default.
+  // `import msda` checks it first and raises; a library loaded without msda warns here instead.
+  static size_t cache_limit_mb() {
+    constexpr size_t kDefault = 256;
     const char* env = std::getenv("MSDA_CPU_CACHE_MB");
-    limit_ = (env != nullptr ? static_cast<size_t>(std::atoll(env)) : 256) << 20;
+    if (env == nullptr) return kDefault;
+    std::string text(env);
+    const auto first = text.find_first_not_of(" \t"), last = text.find_last_not_of(" \t");
+    if (first == std::string::npos) return kDefault;
+    text = text.substr(first, last - first + 1);
+    const bool digits = text.size() <= 12 && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (!digits) {
+      TORCH_WARN("msda: environment variable MSDA_CPU_CACHE_MB='", env, "' is not valid; valid values: a whole number of MiB >= 0 ",
+                 "(default 256; 0 keeps none), or unset. Using ", kDefault, ".");
+      return kDefault;
+    }
+    return static_cast<size_t>(std::stoull(text));
   }
 
   static void release(void* context) {
@@ -130,7 +147,7 @@ class RecyclingAllocator final : public c10::Allocator {
 
   std::mutex mutex_;
   std::vector<Block> free_;
-  size_t cached_ = 0, limit_ = 0;
+  size_t limit_ = 0, cached_ = 0;
 };
 
 // An uninitialised fp32 CPU tensor from the RecyclingAllocator.
