@@ -26,7 +26,9 @@ class MultiScaleDeformableAttention(nn.Module):
         num_levels: L, feature levels of the value.
         num_points: P, sampling points per head and level.
         im2col_step: passed to the op (compatibility only).
-        use_reference: run the pure-PyTorch reference instead of the compiled op (e.g. for ONNX export).
+        use_reference: run the pure-PyTorch reference instead of the compiled op (ONNX export,
+            debugging); the one documented way to pick the reference (``disable_custom_kernels=True``
+            in a model config sets it; ``MSDA_FORCE_REFERENCE`` is deprecated).
         value_proj_ratio: ``value_proj`` maps to V = int(C · ratio) channels (mmcv's option; 1.0 in
             the paper); V must be divisible by ``num_heads``.
 
@@ -48,6 +50,8 @@ class MultiScaleDeformableAttention(nn.Module):
         for name, number in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_levels", num_levels), ("num_points", num_points)):
             if not isinstance(number, int) or number < 1:
                 raise ValueError(f"{name} must be a positive int, got {number!r}")
+        if not isinstance(use_reference, bool):
+            raise TypeError(f"use_reference must be a bool, got {type(use_reference).__name__}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if isinstance(value_proj_ratio, bool) or not isinstance(value_proj_ratio, (int, float)) or not value_proj_ratio > 0:

@@ -102,6 +102,26 @@ def test_reference_switch_gives_same_output():
     torch.testing.assert_close(module(*inputs), reference(*inputs), rtol=1e-5, atol=1e-6)
 
 
+def test_use_reference_is_the_quiet_way_to_the_reference(monkeypatch):
+    """use_reference=True (the documented way) calls the reference, never the op, and warns nothing."""
+    import warnings
+
+    from msda import module as module_file
+
+    def no_op(*args, **kwargs):
+        raise AssertionError("use_reference=True must not call the op")
+
+    monkeypatch.setattr(module_file, "ms_deform_attn", no_op)
+    module = MultiScaleDeformableAttention(embed_dim=32, num_heads=4, num_levels=2, num_points=3, use_reference=True)
+    inputs = _inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        output = module(*inputs)
+    torch.testing.assert_close(output.double(), _expected(module, *inputs), rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="use_reference must be a bool"):
+        MultiScaleDeformableAttention(embed_dim=32, num_heads=4, use_reference="yes")
+
+
 def test_matches_transformers_module_with_copied_weights():
     transformers = pytest.importorskip("transformers")
     from transformers.models.deformable_detr import modeling_deformable_detr as hf
