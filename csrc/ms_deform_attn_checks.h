@@ -10,6 +10,20 @@ struct Dims {
   c10::Device device = c10::Device(c10::kCPU);  // value's device: every other input must be there too
 };
 
+// a * b, or false when it overflows int64 (sizes are >= 0).
+inline bool multiply_fits(int64_t a, int64_t b, int64_t& product) { return !__builtin_mul_overflow(a, b, &product); }
+
+// The element count of [sizes...] (>= 0 each), checked against int64 overflow: the kernels index
+// every tensor with int64 offsets, and an overflowed count would silently wrap.
+inline int64_t checked_numel(std::initializer_list<int64_t> sizes, const char* what) {
+  int64_t count = 1;
+  for (const int64_t size : sizes) {
+    TORCH_CHECK(multiply_fits(count, size, count), "msda: ", what, " would have more than 2^63 - 1 elements, more ",
+                "than int64 indexing allows");
+  }
+  return count;
+}
+
 inline bool is_index_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kLong || t.scalar_type() == at::kInt;
 }
@@ -53,6 +67,9 @@ inline Dims check_and_get_dims(const at::Tensor& value, const at::Tensor& spatia
   TORCH_CHECK(attention_weights.sizes() == at::IntArrayRef({d.batch, d.queries, d.heads, d.levels, d.points}),
               "msda: attention_weights must be [B, Q, M, L, P] matching sampling_locations, got ",
               attention_weights.sizes());
+  // every input's own element count fits (torch checks that); the output's is a new product
+  checked_numel({d.batch, d.queries, d.heads, d.channels},
+                "the output [B, Q, M*D] (B and Q from sampling_locations, M and D from value)");
   return d;
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 INDEX_DTYPES = (torch.int64, torch.int32)  # for spatial_shapes and level_start_index; both give the same results
+INT64_MAX = 2**63 - 1  # the kernels index every tensor with int64 offsets
 
 
 def _is_tracing() -> bool:
@@ -100,11 +101,19 @@ def check_inputs(
             f"attention_weights must have shape [B, Q, M, L, P] = {(batch, queries, heads, levels, points)}, got {weight_shape}"
         )
 
+    output_elements = batch * queries * heads * channels
+    if output_elements > INT64_MAX:
+        raise ValueError(
+            f"sampling_locations (B={batch}, Q={queries}) and value (M={heads}, D={channels}) give an output "
+            f"[B, Q, M*D] of {output_elements} elements, more than 2^63 - 1 (int64 indexing)"
+        )
+
     if _is_tracing() or not (_has_data(spatial_shapes) and _has_data(level_start_index)):
         return
     shapes = spatial_shapes.tolist()
     if any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"spatial_shapes must hold positive (H, W) per level, got {shapes}")
+    _check_level_sizes(shapes)
     areas = [h * w for h, w in shapes]
     if sum(areas) != total:
         raise ValueError(f"spatial_shapes areas sum to {sum(areas)} but value has S={total} positions (dim 1)")
@@ -113,3 +122,18 @@ def check_inputs(
         starts.append(starts[-1] + area)
     if level_start_index.tolist() != starts:
         raise ValueError(f"level_start_index must be {starts} for spatial_shapes {shapes}, got {level_start_index.tolist()}")
+
+
+def _check_level_sizes(shapes: list[list[int]]) -> None:
+    """Raise ``ValueError`` naming spatial_shapes when a level's H*W, or the sum of them, passes
+    2^63 - 1: the compiled kernels would index such maps with overflowed int64 offsets."""
+    total = 0
+    for level, (height, width) in enumerate(shapes):
+        if height * width > INT64_MAX:
+            raise ValueError(
+                f"spatial_shapes[{level}] = ({height}, {width}) has H*W = {height * width} positions, more than "
+                "2^63 - 1 (int64 indexing)"
+            )
+        total += height * width
+        if total > INT64_MAX:
+            raise ValueError(f"spatial_shapes areas up to level {level} sum to {total} positions, more than 2^63 - 1 (int64 indexing)")
