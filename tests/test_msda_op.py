@@ -100,16 +100,32 @@ def test_batch_not_divisible_by_im2col_step():
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1e30, -1e30])
-def test_nan_and_huge_locations_read_nothing(bad):
-    value, shapes, starts, locations, weights = random_inputs(1, [(4, 5), (2, 2)], 6, 2, 8, 3)
-    locations[0, 2, 1, 0, 1, 0] = bad
-    locations[0, 4, 0, 1, 2, 1] = bad
-    output = ms_deform_attn(value, shapes, starts, locations, weights)
-    # a point that cannot be placed on the map contributes nothing, like a point far outside it
-    far = locations.clone()
-    far[0, 2, 1, 0, 1, 0] = 10.0
-    far[0, 4, 0, 1, 2, 1] = 10.0
-    torch.testing.assert_close(output, ms_deform_attn_reference(value, shapes, starts, far, weights))
+@pytest.mark.parametrize(
+    "dtype, channels, queries",
+    [(torch.float64, 8, 6), (torch.float32, 4, 6), (torch.float32, 8, 6), (torch.float32, 8, 400)],
+    ids=["fp64", "fp32-scalar", "fp32-in-place", "fp32-padded-maps"],
+)
+def test_non_finite_locations_give_nan_where_the_reference_does(bad, dtype, channels, queries):
+    """NaN in, NaN out, as grid_sample: a NaN or infinite location makes the output row and the
+    gradients that depend on it NaN, exactly where the fp64 reference has NaN; a huge finite one reads
+    nothing. (A diverging layer must reach the training loop's NaN-loss check.)"""
+    shapes = [(9, 11), (5, 6)]  # S = 129: 6 queries read value in place, 400 use the padded maps
+    value, shapes, starts, locations, weights = random_inputs(1, shapes, queries, 2, channels, 3, dtype=dtype)
+    locations[0, 2, 1, 0, 1, 0] = bad  # x of one point
+    locations[0, 4, 0, 1, 2, 1] = bad  # y of another
+    locations[0, 5, 1, 1, 0, :] = bad  # both coordinates of a third
+    grad_output = torch.randn(1, queries, 2 * channels, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    inputs = (value, shapes, starts, locations, weights)
+    ours, our_grads = output_and_grads(ms_deform_attn, inputs, grad_output)
+    as64 = [t.double() if t.is_floating_point() else t for t in inputs]
+    ref, ref_grads = output_and_grads(ms_deform_attn_reference, as64, grad_output.double())
+    assert bool(ref.isnan().any()) == (not math.isfinite(bad))  # the behaviour this test holds us to
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.equal(ours.isnan(), ref.isnan())
+    torch.testing.assert_close(ours.double(), ref, rtol=tolerance, atol=tolerance, equal_nan=True)
+    for name, mine, theirs in zip(("value", "sampling_locations", "attention_weights"), our_grads, ref_grads):
+        assert torch.equal(mine.isnan(), theirs.isnan()), f"grad {name}: NaN at {mine.isnan().nonzero().tolist()}, reference {theirs.isnan().nonzero().tolist()}"
+        torch.testing.assert_close(mine.double(), theirs, rtol=tolerance, atol=tolerance, equal_nan=True, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
 def _valid_inputs():

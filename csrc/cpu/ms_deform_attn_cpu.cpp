@@ -37,6 +37,11 @@ namespace {
 // Bilinear corners of one sampling point. Corner k (order (y0, x0), (y0, x1), (y1, x0), (y1, x1))
 // has position pos[k] in [0, S), or -1 when outside the map, and bilinear weight bw[k] (0 when
 // outside). lx, ly are the fractional offsets, needed for the location gradient.
+//
+// NaN in, NaN out, as grid_sample: a NaN or infinite coordinate places no corner on the map (NaN
+// fails every comparison, so it counts as outside), but its fractional offset is NaN, and so are
+// the four bilinear weights, the output row and the gradients that depend on them (the weight's,
+// and the other coordinate's); grad_value gets nothing from such a point.
 template <typename opmath_t>
 struct Corners {
   int64_t pos[4];
@@ -50,14 +55,15 @@ inline Corners<opmath_t> bilinear_corners(opmath_t x_norm, opmath_t y_norm, cons
   const opmath_t w = static_cast<opmath_t>(lv.width), h = static_cast<opmath_t>(lv.height);
   opmath_t x = x_norm * w - opmath_t(0.5);
   opmath_t y = y_norm * h - opmath_t(0.5);
+  const opmath_t nan_x = x - x, nan_y = y - y;  // 0, or NaN for a non-finite coordinate
   // NaN fails every comparison, so NaN and far-away points count as outside.
   const bool inside = (x > opmath_t(-1)) & (y > opmath_t(-1)) & (x < w) & (y < h);
   x = inside ? x : opmath_t(-1);  // keeps floor() and the int conversion in range
   y = inside ? y : opmath_t(-1);
   const opmath_t fx = std::floor(x), fy = std::floor(y);
   const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
-  c.lx = x - fx;
-  c.ly = y - fy;
+  c.lx = x - fx + nan_x;
+  c.ly = y - fy + nan_y;
   const bool in_x0 = inside & (x0 >= 0), in_x1 = inside & (x0 + 1 < lv.width);
   const bool in_y0 = y0 >= 0, in_y1 = y0 + 1 < lv.height;
   const int64_t row0 = lv.start + y0 * lv.width + x0, row1 = row0 + lv.width;
@@ -67,7 +73,7 @@ inline Corners<opmath_t> bilinear_corners(opmath_t x_norm, opmath_t y_norm, cons
   const opmath_t bw[4] = {by * bx, by * c.lx, c.ly * bx, c.ly * c.lx};
   for (int k = 0; k < 4; ++k) {
     c.pos[k] = in[k] ? pos[k] : -1;
-    c.bw[k] = in[k] ? bw[k] : opmath_t(0);
+    c.bw[k] = in[k] ? bw[k] : bw[k] * opmath_t(0);  // 0 off the map; NaN stays NaN
   }
   return c;
 }

@@ -14,7 +14,9 @@
 //
 // Positions are int32 (fp32_kernels_apply checks that every offset fits). In place, a corner outside
 // the map has position -1 and weight 0 and reads a row of zeros; in padded maps (see the header) it
-// reads the zero border, and points outside the map read the zero tail.
+// reads the zero border, and points outside the map read the zero tail. A NaN or infinite location
+// reads there too, but with NaN bilinear weights, so its output row and gradients are NaN as with
+// grid_sample (see bilinear_corners in ms_deform_attn_cpu.cpp).
 #include "ms_deform_attn_cpu_fp32.h"
 
 #include <ATen/Parallel.h>
@@ -107,7 +109,7 @@ struct RowLevels {
             int64_t channels)
       : points(static_cast<int64_t>(levels.size()) * points_per_level), chunks((points + kLanes - 1) / kLanes) {
     const int64_t padded = chunks * kLanes;
-    width.assign(padded, 1.f);  // padding lanes: a 1x1 map, never read (their locations are NaN)
+    width.assign(padded, 1.f);  // padding lanes: a 1x1 map, never read (their locations are outside)
     height.assign(padded, 1.f);
     iwidth.assign(padded, 1);
     iheight.assign(padded, 1);
@@ -134,7 +136,7 @@ struct Corners8 {
 };
 
 // Points of chunk `chunk` of a row: x, y from the interleaved locations, a from the weights.
-// A partial last chunk is padded with NaN locations (outside the map) and zero weights.
+// A partial last chunk is padded with locations outside the map (-1) and zero weights.
 inline void load_chunk(const float* xy, const float* weights, int64_t count, f8& x, f8& y, f8& a) {
   if (count == kLanes) {
     vec8::deinterleave(xy, x, y);
@@ -143,7 +145,7 @@ inline void load_chunk(const float* xy, const float* weights, int64_t count, f8&
   }
   alignas(32) float padded_xy[2 * kLanes];
   alignas(32) float padded_a[kLanes];
-  for (int j = 0; j < 2 * kLanes; ++j) padded_xy[j] = j < 2 * count ? xy[j] : std::numeric_limits<float>::quiet_NaN();
+  for (int j = 0; j < 2 * kLanes; ++j) padded_xy[j] = j < 2 * count ? xy[j] : -1.f;
   for (int j = 0; j < kLanes; ++j) padded_a[j] = j < count ? weights[j] : 0.f;
   vec8::deinterleave(padded_xy, x, y);
   a = vec8::load(padded_a);
@@ -156,6 +158,7 @@ inline Corners8 bilinear_corners8(f8 x_norm, f8 y_norm, const RowLevels& rl, int
   const i8 iw = vec8::load(&rl.iwidth[o]), start = vec8::load(&rl.start[o]);
   const f8 minus_one = vec8::broadcast(-1.f), zero = vec8::broadcast(0.f), one = vec8::broadcast(1.f);
   f8 x = x_norm * w - 0.5f, y = y_norm * h - 0.5f;
+  const f8 nan_x = x - x, nan_y = y - y;  // 0, or NaN for a non-finite coordinate
   // NaN fails every comparison, so NaN and far-away points count as outside; clamping them to -1
   // keeps the int conversion in range.
   const i8 inside = (x > -1.f) & (y > -1.f) & (x < w) & (y < h);
@@ -163,14 +166,14 @@ inline Corners8 bilinear_corners8(f8 x_norm, f8 y_norm, const RowLevels& rl, int
   y = inside ? y : minus_one;
   const i8 x0 = vec8::floor_to_int(x), y0 = vec8::floor_to_int(y);
   Corners8 c;
-  c.lx = x - vec8::to_float(x0);
-  c.ly = y - vec8::to_float(y0);
+  c.lx = x - vec8::to_float(x0) + nan_x;  // NaN in, NaN out: the bilinear weights carry it
+  c.ly = y - vec8::to_float(y0) + nan_y;
   const f8 hx = one - c.lx, hy = one - c.ly;
   const f8 bw[4] = {hy * hx, hy * c.lx, c.ly * hx, c.ly * c.lx};
   if constexpr (kPadded) {
     // inside a map, x0 >= -1 and x0 + 1 <= W: all four corners are in the padded map
     c.pos[0] = inside ? start + (y0 + 1) * iw + (x0 + 1) : i8{} + zeros_start;
-    for (int k = 0; k < 4; ++k) c.bw[k] = inside ? bw[k] : zero;
+    for (int k = 0; k < 4; ++k) c.bw[k] = inside ? bw[k] : bw[k] * zero;  // 0 outside; NaN stays NaN
   } else {
     const i8 ih = vec8::load(&rl.iheight[o]);
     const i8 in_x0 = inside & (x0 >= 0), in_x1 = inside & (x0 + 1 < iw);
@@ -180,7 +183,7 @@ inline Corners8 bilinear_corners8(f8 x_norm, f8 y_norm, const RowLevels& rl, int
     const i8 pos[4] = {row0, row0 + 1, row1, row1 + 1};
     for (int k = 0; k < 4; ++k) {
       c.pos[k] = in[k] ? pos[k] : i8{} - 1;
-      c.bw[k] = in[k] ? bw[k] : zero;
+      c.bw[k] = in[k] ? bw[k] : bw[k] * zero;
     }
   }
   return c;
@@ -514,7 +517,10 @@ bool fp32_kernels_apply(const Dims& d) {
   // int32 positions times the spatial stride (M * D in place, D padded) stay below 2^31; the padded
   // maps add 2 (H + W) + 4 positions per level, bounded here by S + 4096.
   const int64_t limit = std::numeric_limits<int32_t>::max();
-  return d.channels % kLanes == 0 && (d.spatial + 4096) * d.heads * d.channels < limit && d.levels < 512;
+  int64_t floats = 0;  // (S + 4096) * M * D, checked: with B = 0 the product of value's other sizes may overflow
+  const bool small = d.spatial < limit && multiply_fits(d.spatial + 4096, d.heads, floats) &&
+                     multiply_fits(floats, d.channels, floats) && floats < limit;
+  return d.channels % kLanes == 0 && small && d.levels < 512;
 }
 
 void forward_fp32_in_place(const at::Tensor& value, const std::vector<Level>& levels, const float* locations,

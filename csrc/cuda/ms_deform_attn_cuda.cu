@@ -41,6 +41,9 @@ __device__ __forceinline__ void load_pack(const scalar_t* ptr, at::opmath_type<s
 }
 
 // The four bilinear corners of one point: positions (-1 when outside) and weights (0 when outside).
+// NaN in, NaN out, as grid_sample and the CPU kernels: a NaN or infinite coordinate places no corner
+// on the map, but its fractional offset and hence its four bilinear weights are NaN, so the output
+// row and the weight's and the other coordinate's gradients are NaN; grad_value gets nothing.
 template <typename opmath_t>
 struct Corners {
   int64_t pos[4];
@@ -55,14 +58,15 @@ __device__ __forceinline__ Corners<opmath_t> bilinear_corners(opmath_t x_norm, o
   const opmath_t w = static_cast<opmath_t>(width), h = static_cast<opmath_t>(height);
   opmath_t x = x_norm * w - opmath_t(0.5);
   opmath_t y = y_norm * h - opmath_t(0.5);
+  const opmath_t nan_x = x - x, nan_y = y - y;  // 0, or NaN for a non-finite coordinate
   // NaN fails every comparison, so NaN and far-away points count as outside.
   const bool inside = (x > opmath_t(-1)) & (y > opmath_t(-1)) & (x < w) & (y < h);
   x = inside ? x : opmath_t(-1);
   y = inside ? y : opmath_t(-1);
   const opmath_t fx = floor(x), fy = floor(y);
   const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
-  c.lx = x - fx;
-  c.ly = y - fy;
+  c.lx = x - fx + nan_x;
+  c.ly = y - fy + nan_y;
   const opmath_t bx = opmath_t(1) - c.lx, by = opmath_t(1) - c.ly;
   const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
   const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
@@ -73,7 +77,7 @@ __device__ __forceinline__ Corners<opmath_t> bilinear_corners(opmath_t x_norm, o
     // pos < spatial guards direct op calls with inconsistent shapes against out-of-bounds reads
     const bool valid = inside && xs[k] >= 0 && xs[k] < width && ys[k] >= 0 && ys[k] < height && pos < spatial;
     c.pos[k] = valid ? pos : -1;
-    c.bw[k] = valid ? bws[k] : opmath_t(0);
+    c.bw[k] = valid ? bws[k] : bws[k] * opmath_t(0);  // 0 off the map; NaN stays NaN
   }
   return c;
 }
@@ -100,6 +104,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
   opmath_t acc[kVec];
 #pragma unroll
   for (int j = 0; j < kVec; ++j) acc[j] = opmath_t(0);
+  // Sum of the weights of corners off the map, which read zeros: 0, or NaN from a non-finite
+  // location (or weight), added to the output times zero as the CPU kernels' zero rows do.
+  opmath_t off_map = opmath_t(0);
   int64_t i = bqm * s.levels * s.points;
   for (int64_t l = 0; l < s.levels; ++l) {
     const int64_t height = shapes[2 * l], width = shapes[2 * l + 1], start = starts[l];
@@ -110,10 +117,13 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
       const opmath_t a = static_cast<opmath_t>(weights[i]);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        if (c.pos[k] < 0) continue;
+        const opmath_t w = a * c.bw[k];
+        if (c.pos[k] < 0) {
+          off_map += w;
+          continue;
+        }
         opmath_t v[kVec];
         load_pack<scalar_t, kVec>(head_value + c.pos[k] * row_stride, v);
-        const opmath_t w = a * c.bw[k];
 #pragma unroll
         for (int j = 0; j < kVec; ++j) acc[j] += w * v[j];
       }
@@ -121,7 +131,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const int64_t
   }
   Pack<scalar_t, kVec> result;
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(acc[j]);
+  for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(acc[j] + off_map * opmath_t(0));
   *reinterpret_cast<Pack<scalar_t, kVec>*>(output + bqm * s.channels + ch0) = result;
 }
 
