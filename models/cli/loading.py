@@ -14,14 +14,10 @@ import torch
 from models.cli.errors import CliError, read_json_file
 from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, read_original_checkpoint
 from models.common.hub import looks_like_repo_id, resolve_file
-from models.common.key_rules import original_num_labels
-from models.ddetr import checkpoints
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
-from models.ddetr.modeling import DeformableDetrForObjectDetection
-from models.ddetr.variant_table import variant_fields
-from models.engine.families import build_detector, config_from_dict, family, family_of
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
 from models.processing.image_processing import DeformableDetrImageProcessor
+from models.registry import Family, build_detector, config_from_dict, family, family_of
 
 DEMO_CHECKPOINT_NAME = "demo"
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "demo_checkpoint"
@@ -49,23 +45,21 @@ MODEL_FLAGS = {
 
 
 def model_family(ns: argparse.Namespace | None, default: str = "deformable-detr") -> str:
-    """The ``--model`` family name (``deformable-detr`` or ``dino``); ``default`` when not given."""
+    """The ``--model`` family name (see ``models.registry``); ``default`` when not given."""
     name = getattr(ns, "model", None) if ns is not None else None
     return default if name is None else name
 
 
-_DEFORMABLE_DETR_ONLY = ("variant", "with_box_refine", "two_stage")
-
-
 def model_overrides(ns: argparse.Namespace) -> dict[str, Any]:
-    """Config fields set by the model flags (only those given), in the ``--model`` family's names."""
-    if model_family(ns) == "dino":
-        given = [f"--{flag.replace('_', '-')}" for flag in _DEFORMABLE_DETR_ONLY if getattr(ns, flag, None) is not None]
-        if given:
-            raise CliError(f"{', '.join(given)}: Deformable DETR variant switches; DINO always uses two-stage proposals and box refinement")
+    """Config fields set by the model flags (only those given) and ``--variant``, in the ``--model``
+    family's names; a flag whose field the family's config lacks is an error naming it."""
+    chosen = family(model_family(ns))
+    fields = chosen.config_class.field_names()
     out: dict[str, Any] = {}
     if getattr(ns, "variant", None):
-        out.update(variant_fields(ns.variant))
+        if ns.variant not in chosen.variants:
+            raise CliError(f"--variant {ns.variant!r} is not a variant of --model {chosen.name}; its variants: {', '.join(sorted(chosen.variants)) or 'none'}")
+        out.update(chosen.variants[ns.variant])
     for flag, field in MODEL_FLAGS.items():
         value = getattr(ns, flag, None)
         if value is None:
@@ -77,15 +71,16 @@ def model_overrides(ns: argparse.Namespace) -> dict[str, Any]:
         elif flag == "n_points":
             out["encoder_n_points"] = out["decoder_n_points"] = value
         elif flag == "num_queries":
-            out["num_queries"] = out["two_stage_num_proposals"] = value
+            out.update({name: value for name in ("num_queries", "two_stage_num_proposals") if name in fields})
+        elif field not in fields:
+            raise CliError(f"--{flag.replace('_', '-')}: --model {chosen.name} has no {field!r} setting ({chosen.config_class.__name__})")
         else:
             out[field] = value
     if getattr(ns, "out_indices", None):
-        out["backbone_kwargs"] = {"out_indices": list(ns.out_indices), "in_chans": 3}
-    if model_family(ns) == "dino":
-        out.pop("two_stage_num_proposals", None)
-        if "backbone_kwargs" in out:
-            out["backbone_out_indices"] = out.pop("backbone_kwargs")["out_indices"]
+        if "backbone_out_indices" in fields:
+            out["backbone_out_indices"] = list(ns.out_indices)
+        else:
+            out["backbone_kwargs"] = {"out_indices": list(ns.out_indices), "in_chans": 3}
     return out
 
 
@@ -162,6 +157,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _check_family_flag(ns: argparse.Namespace | None, found: Family, path: str) -> None:
+    """``CliError`` when ``--model`` names another family than the checkpoint's (families that share
+    a detector class, e.g. h-deformable-detr and deformable-detr, load each other's checkpoints)."""
+    asked = getattr(ns, "model", None) if ns is not None else None
+    if asked is not None and family(asked).detector_class is not found.detector_class:
+        raise CliError(f"--checkpoint {path!r} is a {found.name} checkpoint, but --model {asked} was given; drop --model (a checkpoint names its own family) or give {found.name}")
+
+
+def _check_variant_flag(ns: argparse.Namespace | None, found: Family, config: Any, path: str) -> None:
+    """``CliError`` naming every setting where ``--variant`` or a model flag disagrees with the checkpoint's config."""
+    if ns is None:
+        return
+    asked = family(ns.model) if getattr(ns, "model", None) else found
+    wanted = model_overrides(argparse.Namespace(**{**vars(ns), "model": asked.name}))
+    wanted.pop("use_pretrained_backbone", None)
+    differ = [f"{name}={value!r} (checkpoint: {getattr(config, name, None)!r})" for name, value in wanted.items() if getattr(config, name, None) != value]
+    if differ:
+        raise CliError(f"--checkpoint {path!r}: its config.json sets the model; these flags disagree with it: {', '.join(differ)}; drop them")
+
+
 def _config_with_head_classes(config: DeformableDetrConfig, given: dict[str, Any], head_classes: int,
                               ns: argparse.Namespace | None) -> DeformableDetrConfig:
     """``config`` for a ``.pth`` whose class head has ``head_classes`` classes.
@@ -222,35 +237,37 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
     try:
         if source.is_dir():
             _check_folder_json(source, path)
-            model = family_of(read_json_file(str(source / "config.json"), f"--checkpoint {path!r}:", dict, "a JSON object")).detector_class.from_pretrained(source)
+            found = family_of(read_json_file(str(source / "config.json"), f"--checkpoint {path!r}:", dict, "a JSON object"))
+            _check_family_flag(ns, found, path)
+            model = found.detector_class.from_pretrained(source)
+            _check_variant_flag(ns, found, model.config, path)
             if (source / "preprocessor_config.json").is_file():
                 processor = DeformableDetrImageProcessor.from_pretrained(source)
         elif source.name == STATE_FILE:
             state = load_training_state(source)
             config = config_from_dict(state["config"]).copy(use_pretrained_backbone=False)
-            model = build_detector(config)
+            found = family(state["train_args"].get("model") or family_of(config).name)
+            _check_family_flag(ns, found, path)
+            model = build_detector(config, found.name)
             model.load_state_dict(state["model"])
             model.eval()
             train_args = state["train_args"]
             processor = make_processor(train_args["image_size"], train_args["max_size"])
-        elif model_family(ns) == "dino":
-            given = {**(read_config_file(ns.config, config_class=family("dino").config_class) if getattr(ns, "config", None) else {}), **model_overrides(ns)}
-            config = family("dino").config_class.from_dict(given) if given else None
-            model = family("dino").detector_class.from_pretrained(source, config=config, trust_pickle=trust)
         else:
+            chosen = family(model_family(ns))
             config = None
             overrides = model_overrides(ns) if ns is not None else {}
             given: dict[str, Any] = {}
             if ns is not None and getattr(ns, "config", None):
-                given = read_config_file(ns.config)
-                config = DeformableDetrConfig.from_dict({**given, **overrides})
-            elif overrides:
-                config = DeformableDetrConfig(**overrides)
-            if config is not None:
-                original, _ = read_original_checkpoint(source, trust_pickle=trust)
-                converted, _ = checkpoints.convert_original_state_dict(original)
-                config = _config_with_head_classes(config, given, original_num_labels(converted), ns)
-            model = DeformableDetrForObjectDetection.from_pretrained(source, config=config, trust_pickle=trust)
+                given = read_config_file(ns.config, config_class=chosen.config_class)
+            if given or overrides:
+                config = chosen.config_class.from_dict({**chosen.defaults, **given, **overrides})
+                file_format = getattr(chosen.detector_class, "checkpoint_format", None)
+                if file_format is not None:
+                    original, _ = read_original_checkpoint(source, trust_pickle=trust)
+                    converted, _ = file_format.original.convert(original)
+                    config = _config_with_head_classes(config, given, file_format.original.num_labels(converted), ns)
+            model = chosen.detector_class.from_pretrained(source, config=config, trust_pickle=trust)
     except CliError:
         raise
     except UntrustedPickleError as err:

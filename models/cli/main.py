@@ -31,10 +31,9 @@ from models.cli.errors import CliError, Interrupted, RunStopped, check_output_di
 from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_family, model_overrides, read_config_file, resolve_device
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
-from models.ddetr.variant_table import VARIANTS
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
-from models.engine.families import FAMILIES, family
 from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
+from models.registry import family, family_names, variant_names
 
 # command-line flag -> TrainingArgs field
 _TRAIN_FLAGS = (
@@ -51,13 +50,15 @@ def _add_model_flags(parser: argparse.ArgumentParser, for_training: bool) -> Non
         "model" if for_training else "model (only for an original .pth without 'args')",
         "config fields of the model family; --config JSON gives any of them, flags override it",
     )
-    group.add_argument("--model", choices=sorted(FAMILIES), default=None,
-                       help="model family (default deformable-detr); a checkpoint folder's config.json names its own")
-    group.add_argument("--config", metavar="JSON", help="a DeformableDetrConfig (or, with --model dino, DinoConfig) JSON file (config.json layout)")
+    group.add_argument("--model", choices=family_names(), default=None, metavar="FAMILY",
+                       help=f"model family: {', '.join(family_names())} (default deformable-detr; packages add more through "
+                            "the 'deformable_detr.families' entry point); a checkpoint folder's config.json names its own")
+    group.add_argument("--config", metavar="JSON", help="a config JSON file of the --model family (config.json layout)")
     if not for_training:
         group.add_argument("--trust-pickle", action="store_true",
                            help="allow an original .pth that holds arbitrary Python objects (it can run code: trusted files only)")
-    group.add_argument("--variant", choices=sorted(VARIANTS), help="paper variant (box_refine, two_stage, ...)")
+    listed = "; ".join(f"{name}: {', '.join(variants)}" for name, variants in variant_names().items())
+    group.add_argument("--variant", help=f"a published variant of the --model family ({listed})")
     group.add_argument("--backbone", help="resnet18/34/50/101 or a timm model name")
     group.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction, default=None,
                        help="start from ImageNet weights found in the local torch/timm cache (never downloaded)")
@@ -272,18 +273,19 @@ def build_train_setup(ns: argparse.Namespace):
         value = getattr(ns, name, None)
         if value is not None:
             train_values[name] = tuple(value) if isinstance(value, list) else value
-    args = TrainingArgs(data=ns.data, out=ns.out, **train_values)
+    args = TrainingArgs(data=ns.data, out=ns.out, model=chosen.name, **train_values)
     try:
         args.validate()
     except ValueError as err:
         raise CliError(str(err)) from err
 
+    # lowest first: the preset's model, the family's own fields, the --config file, the flags
+    base: dict = {"use_pretrained_backbone": False}
+    if ns.preset == "demo":
+        base.update(DEMO_DINO_CONFIG if chosen.name == "dino" else DEMO_MODEL_CONFIG)
+    base.update(chosen.defaults)
     if ns.config:
-        base = read_config_file(ns.config, config_class=chosen.config_class)
-    elif ns.preset == "demo":
-        base = dict(DEMO_DINO_CONFIG if chosen.name == "dino" else DEMO_MODEL_CONFIG)
-    else:
-        base = {"use_pretrained_backbone": False}
+        base.update(read_config_file(ns.config, config_class=chosen.config_class))
     base.update(model_overrides(ns))
     base.setdefault("use_pretrained_backbone", False)
     try:

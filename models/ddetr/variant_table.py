@@ -50,3 +50,26 @@ def variant_fields(name: str) -> dict[str, Any]:
 
 # The config fields the variants set; the original code's ``args`` hold them under the same names.
 VARIANT_SWITCHES = ("num_feature_levels", "dilation", "with_box_refine", "two_stage")
+
+
+# H-Deformable-DETR (Jia et al., CVPR 2023): the hybrid one-to-many branch of the paper (k = 6,
+# λ = 1, 1500 one-to-many queries next to 300 one-to-one), dropout 0 as in its best runs; with box
+# refinement it looks forward twice, with two-stage it uses mixed query selection ("mqs", "lft").
+HYBRID_FIELDS: Mapping[str, Any] = {"num_queries_one2many": 1500, "k_one2many": 6, "lambda_one2many": 1.0, "dropout": 0.0}
+
+
+def hybrid_fields(variant: str) -> dict[str, Any]:
+    """The config fields of H-Deformable-DETR over the paper variant ``variant``."""
+    fields = {**variant_fields(variant), **HYBRID_FIELDS}
+    if fields.get("with_box_refine"):
+        fields["look_forward_twice"] = True
+    if fields.get("two_stage"):
+        fields["mixed_selection"] = True
+    return fields
+
+
+# DN-Deformable-DETR: denoising queries on two-stage Deformable DETR (DN-DETR's noise: labels 0.2,
+# boxes 0.4); Group-DETR (Chen et al., ICCV 2023): 11 groups in training, as the paper.
+DENOISING_FIELDS: Mapping[str, Any] = {"dn_number": 100, "dn_label_noise_ratio": 0.2, "dn_box_noise_scale": 0.4}
+GROUP_DETR_FIELDS: Mapping[str, Any] = {"group_detr": 11}
+ONE_STAGE_VARIANTS = tuple(name for name, variant in VARIANTS.items() if not variant.fields.get("two_stage"))

@@ -16,7 +16,7 @@ from typing import Any
 
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.modeling import DeformableDetrForObjectDetection
-from models.ddetr.variant_table import variant_fields
+from models.ddetr.variant_table import DENOISING_FIELDS, GROUP_DETR_FIELDS, ONE_STAGE_VARIANTS, hybrid_fields, variant_fields
 
 
 def build_variant(name: str, **overrides: Any) -> DeformableDetrForObjectDetection:
@@ -48,3 +48,21 @@ def deformable_detr_box_refine(**overrides: Any) -> DeformableDetrForObjectDetec
 def deformable_detr_two_stage(**overrides: Any) -> DeformableDetrForObjectDetection:
     """Two-stage Deformable DETR (with box refinement): encoder proposals seed the decoder."""
     return build_variant("two_stage", **overrides)
+
+
+def h_deformable_detr(variant: str = "two_stage", **overrides: Any) -> DeformableDetrForObjectDetection:
+    """H-Deformable-DETR: a paper variant (default two-stage, with mixed query selection and look
+    forward twice) plus the hybrid one-to-many branch in training (1500 queries, k = 6, λ = 1)."""
+    return DeformableDetrForObjectDetection(DeformableDetrConfig(**{"use_pretrained_backbone": False, **hybrid_fields(variant), **overrides}))
+
+
+def dn_deformable_detr(**overrides: Any) -> DeformableDetrForObjectDetection:
+    """DN-Deformable-DETR: two-stage Deformable DETR with denoising queries in training (``dn_number`` 100)."""
+    return build_variant("two_stage", **{**DENOISING_FIELDS, **overrides})
+
+
+def group_deformable_detr(variant: str = "deformable_detr", **overrides: Any) -> DeformableDetrForObjectDetection:
+    """Group-DETR on a one-stage paper variant: 11 groups of queries in training, one at inference."""
+    if variant not in ONE_STAGE_VARIANTS:
+        raise ValueError(f"variant must be one of {list(ONE_STAGE_VARIANTS)} (Group-DETR's extra groups are learned queries), got {variant!r}")
+    return build_variant(variant, **{**GROUP_DETR_FIELDS, **overrides})

@@ -11,11 +11,7 @@ from typing import Any
 
 from models.dino.config import DinoConfig
 from models.dino.modeling import DinoForObjectDetection
-
-DINO_VARIANTS: dict[str, dict[str, Any]] = {
-    "4scale": {},
-    "5scale": {"backbone_out_indices": [1, 2, 3, 4], "num_feature_levels": 5},
-}
+from models.dino.variant_table import DINO_VARIANTS
 
 
 def dino_4scale(**overrides: Any) -> DinoForObjectDetection:

@@ -45,7 +45,7 @@ from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize
 from models.data.coco import CocoDetection, resolve_split
 from models.ddetr.config import DeformableDetrConfig
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
-from models.engine.families import build_detector, config_from_dict
+from models.registry import build_detector, config_from_dict, family
 from models.processing.image_processing import DeformableDetrImageProcessor
 
 STATE_FILE = "training_state.pt"
@@ -57,7 +57,7 @@ numpy arrays, which only a full (code-running) unpickling reads, and are refused
 
 RESUME_FREE = frozenset({
     "data", "out", "resume", "progress", "num_workers", "device", "epochs", "eval_every", "eval_batch_size",
-    "find_unused_parameters", "allow_change",
+    "find_unused_parameters", "allow_change", "model",
 })
 """``TrainingArgs`` fields a resumed run may change freely (paths, speed, logging, and a longer or shorter run)."""
 RESUME_FIXED = frozenset({"train_backbone_stem"})
@@ -69,9 +69,11 @@ BACKBONE_NAMES = ("backbone",)
 
 @dataclass
 class TrainingArgs:
-    """Hyper-parameters of a training run (the model's own are in ``DeformableDetrConfig``).
+    """Hyper-parameters of a training run (the model's own are in its config).
 
     Defaults are the paper's; ``batch_size`` is per process (the paper used 8 GPUs x 4 images).
+    ``model`` is the family (``models.registry``) to build; None: the config's family. A resumed
+    run must name the checkpoint's family (or none).
     """
 
     data: str
@@ -102,6 +104,7 @@ class TrainingArgs:
     train_backbone_stem: bool = False
     find_unused_parameters: bool = False
     allow_change: tuple[str, ...] = ()
+    model: str | None = None
     """Settings that ``resume`` may change from the checkpoint's (every other difference is an error)."""
 
     def validate(self) -> None:
@@ -613,6 +616,9 @@ def train(args: TrainingArgs, config=None) -> dict:
     state = load_training_state(args.resume) if args.resume else None
     changed: dict[str, tuple] = {}
     if state is not None:
+        saved_model = state.get("train_args", {}).get("model")
+        if args.model is not None and saved_model is not None and family(args.model).detector_class is not family(saved_model).detector_class:
+            raise ValueError(f"--resume {state['path']!r}: the checkpoint is a {saved_model} run, this run asks for --model {args.model}; resume with --model {saved_model}")
         saved = config_from_dict(state["config"])
         if config is not None:
             wanted = config.copy(num_labels=saved.num_labels, id2label=saved.id2label, label2id=saved.label2id)
@@ -632,7 +638,7 @@ def train(args: TrainingArgs, config=None) -> dict:
 
     seed_everything(args.seed)  # same initial weights on every process
     # when resuming, the checkpoint supplies every weight: never look for ImageNet backbone weights
-    model = build_detector(config if state is None else config.copy(use_pretrained_backbone=False))
+    model = build_detector(config if state is None else config.copy(use_pretrained_backbone=False), args.model)
     if args.train_backbone_stem:
         for name, param in model.named_parameters():
             if any(key in name for key in BACKBONE_NAMES):
