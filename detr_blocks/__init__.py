@@ -63,7 +63,7 @@ Matching and losses
         Overridable: get_loss(name, outputs, targets, indices, num_boxes, *, log=False),
         losses_for(outputs, targets, num_boxes, *, log=False, indices=None), compute_losses,
         encoder_targets; weight_of(name); a term neither weighted nor logged raises.
-    weight_names(name) -> [name, ..., base]: suffixes _<digits>, _enc, _dn, _interm stripped one by one
+    weight_names(name) -> [name, ..., base]: trailing _<suffix> parts (layers, _enc, group names) stripped one by one
     average_num_boxes(targets, device) -> float (averaged over processes when distributed)
 Contrastive denoising (DINO)
     contrastive_denoising_queries(targets, num_classes, label_embedding, num_queries, *, dn_number=100,

@@ -3,7 +3,6 @@ by loss name; every term weighted or explicitly logged)."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -17,9 +16,6 @@ from detr_blocks.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from detr_blocks.matcher import HungarianMatcher
 
 DEFAULT_WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-# One suffix of a loss term's name: a decoder layer (``_0``, ``_1``…), the two-stage encoder
-# (``_enc``), denoising queries (``_dn``), DINO's intermediate encoder outputs (``_interm``).
-_SUFFIX = re.compile(r"_(\d+|enc|dn|interm)$")
 LOGGED_TERMS = ("class_error", "cardinality_error")
 _BUILTIN_TERMS = {"labels": ("loss_ce",), "boxes": ("loss_bbox", "loss_giou"), "cardinality": ()}
 
@@ -31,16 +27,19 @@ LossFunction = Callable[
 
 def weight_names(name: str) -> list[str]:
     """The names a term's weight is looked up under, most specific first: the name itself, then the
-    name with one more trailing suffix (``_<digits>``, ``_enc``, ``_dn``, ``_interm``) removed, down
-    to the base name: ``loss_ce_dn_3`` → ``[loss_ce_dn_3, loss_ce_dn, loss_ce]``."""
+    name with one more trailing ``_<suffix>`` removed, down to a two-word base name. Suffixes are
+    open: a decoder layer (``_0``), the two-stage encoder (``_enc``), a query group's name (``_dn``,
+    ``_one2many``, ``_group1``, a plug-in's own), in any order:
+    ``loss_ce_dn_3`` → ``[loss_ce_dn_3, loss_ce_dn, loss_ce]``,
+    ``loss_bbox_0_one2many`` → ``[loss_bbox_0_one2many, loss_bbox_0, loss_bbox]``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
     names = [name]
     while True:
-        shorter = _SUFFIX.sub("", names[-1])
-        if shorter == names[-1] or not shorter:
+        head, separator, tail = names[-1].rpartition("_")
+        if not separator or not tail or "_" not in head:
             return names
-        names.append(shorter)
+        names.append(head)
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -97,7 +96,7 @@ class SetCriterion(nn.Module):
 
     Weights. A term's weight is looked up under ``weight_names(name)``: its full name first, then
     with trailing suffixes removed one at a time (``loss_ce_dn_3`` → ``loss_ce_dn`` → ``loss_ce``;
-    suffixes ``_<digits>``, ``_enc``, ``_dn``, ``_interm``, chained in any order); the first hit
+    any ``_<suffix>``, see ``weight_names``); the first hit
     wins, so a full-name entry overrides the base name's. A term found nowhere is *logged* (returned,
     not added) if one of those names is in ``logged``; otherwise ``forward`` raises: no loss term
     silently drops out of the total. (For compatibility, a built-in term of a requested loss —

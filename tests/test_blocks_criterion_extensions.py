@@ -31,7 +31,10 @@ def problem(batch=2, queries=6, classes=4, sizes=(2, 3), seed=0):
         ("loss_bbox_interm", ["loss_bbox_interm", "loss_bbox"]),
         ("loss_bbox_enc_0", ["loss_bbox_enc_0", "loss_bbox_enc", "loss_bbox"]),
         ("cardinality_error_dn_1", ["cardinality_error_dn_1", "cardinality_error_dn", "cardinality_error"]),
-        ("loss_ce_xyz", ["loss_ce_xyz"]),
+        ("loss_ce_xyz", ["loss_ce_xyz", "loss_ce"]),
+        ("loss_bbox_0_one2many", ["loss_bbox_0_one2many", "loss_bbox_0", "loss_bbox"]),
+        ("loss_ce_group3_1", ["loss_ce_group3_1", "loss_ce_group3", "loss_ce"]),
+        ("class_error", ["class_error"]),
     ],
 )
 def test_weight_names(name, expected):
@@ -40,7 +43,8 @@ def test_weight_names(name, expected):
 
 @pytest.mark.parametrize(
     "name,weight",
-    [("loss_ce_dn_3", 2.0), ("loss_bbox_enc", 5.0), ("loss_giou_dn", 7.0), ("loss_giou_dn_2", 7.0), ("loss_ce_0", 0.5), ("loss_ce_xyz", None)],
+    [("loss_ce_dn_3", 2.0), ("loss_bbox_enc", 5.0), ("loss_giou_dn", 7.0), ("loss_giou_dn_2", 7.0), ("loss_ce_0", 0.5), ("loss_ce_xyz", 2.0),
+     ("loss_bbox_0_one2many", 5.0), ("loss_xyz", None)],
 )
 def test_suffix_chains_resolve_most_specific_first(name, weight):
     criterion = SetCriterion(4, weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_giou_dn": 7.0, "loss_ce_0": 0.5})
@@ -51,8 +55,8 @@ def test_unweighted_terms_raise_instead_of_dropping_out():
     outputs, targets = problem()
     criterion = SetCriterion(4)
     total, losses = criterion(outputs, targets)
-    with pytest.raises(ValueError, match="loss_ce_xyz"):
-        criterion.weighted_total({**losses, "loss_ce_xyz": torch.tensor(1.0)}, total)
+    with pytest.raises(ValueError, match="loss_xyz_0"):
+        criterion.weighted_total({**losses, "loss_xyz_0": torch.tensor(1.0)}, total)
     # denoising terms were silently dropped by the old `_<digit>|_enc` rule; now they are weighted
     dn = criterion.weighted_total({"loss_ce_dn": torch.tensor(1.0), "loss_bbox_dn_2": torch.tensor(1.0)}, total)
     assert dn.item() == pytest.approx(2.0 + 5.0)
