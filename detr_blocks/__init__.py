@@ -43,14 +43,15 @@ Decoder policies (per layer)
     query_position: InputQueryPosition() (default), BoxQueryPosition(d_model=256, *, ref_dim=4,
         num_pos_feats=None (C/2), temperature=10000.0, scale=2π, num_layers=2) (DINO);
         forward(index, hidden_states, level_points, position_embeddings) -> [B, Q, C] | None
-    box_sine_embedding(boxes [..., 2|4], num_pos_feats=128, temperature=10000.0, scale=2π)
-        -> [..., 2F|4F] in the order (y, x[, w, h])
+    box_sine_embedding(boxes [..., 2|4], num_pos_feats=128, temperature=10000.0, scale=2π, *, order="yx")
+        -> [..., 2F|4F] in the order (y, x[, w, h]) (DINO's query positions) or, order="xy", (x, y[, w, h])
+        (Deformable DETR's two-stage proposals, of sigmoid(logits)); SinePositionEmbedding is the one of pixels
 Two-stage
     encoder_output_proposals(memory, padding_mask, spatial_shapes, base_size=0.05,
                              valid_range=(0.01, 0.99)) -> (memory, proposal_logits)
     select_top_proposals(class_logits, coord_logits, k, *, scoring="first_class" | "max_class" | callable)
         -> (coord_logits [B, k, 4] detached, indices [B, k]);  proposal_scores(class_logits, scoring) -> [B, S]
-    proposal_position_embedding(proposal_logits, num_pos_feats=128, temperature=10000.0, scale=2π)
+    proposal_position_embedding(proposal_logits, ...): deprecated, = box_sine_embedding(logits.sigmoid(), order="xy")
 Matching and losses
     HungarianMatcher(class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, focal_alpha=0.25, focal_gamma=2.0)
     sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0) -> elementwise loss

@@ -32,18 +32,24 @@ def box_sine_embedding(
     num_pos_feats: int = 128,
     temperature: float = 10000.0,
     scale: float = 2 * math.pi,
+    *,
+    order: str = "yx",
 ) -> torch.Tensor:
-    """Sine embedding of normalized points or boxes, each coordinate with F channels.
+    """Sine embedding of normalized points or boxes, each coordinate with F channels: the one sine
+    embedding of boxes (``SinePositionEmbedding`` is the one of feature-map pixels).
 
     Coordinates are multiplied by ``scale`` and divided by ``temperature ** (2 * (i // 2) / F)``;
-    channel pairs are (sin, cos), interleaved. The blocks are concatenated in the order (y, x) for
-    points and (y, x, w, h) for boxes, as DINO's ``gen_sineembed_for_position`` (F = 128 there).
+    channel pairs are (sin, cos), interleaved. Block order: ``order="yx"`` gives (y, x) for points
+    and (y, x, w, h) for boxes, as DINO's conditional query positions (F = 128 there);
+    ``order="xy"`` gives (x, y[, w, h]), as Deformable DETR's two-stage proposals (of
+    ``sigmoid(proposal logits)``).
 
     Args:
         boxes: ``[..., 2]`` (x, y) or ``[..., 4]`` (cx, cy, w, h), normalized.
         num_pos_feats: F, channels per coordinate (positive, even).
         temperature: base of the frequency ladder.
         scale: multiplies the coordinates.
+        order: ``"yx"`` or ``"xy"``, the order of the first two blocks.
 
     Returns:
         ``[..., 2F]`` or ``[..., 4F]``, dtype of ``boxes``.
@@ -52,10 +58,14 @@ def box_sine_embedding(
         raise ValueError(f"boxes must have shape [..., 2] or [..., 4], got {tuple(getattr(boxes, 'shape', ()))}")
     if not isinstance(num_pos_feats, int) or num_pos_feats < 2 or num_pos_feats % 2:
         raise ValueError(f"num_pos_feats must be a positive even int, got {num_pos_feats!r}")
+    if order not in ("yx", "xy"):
+        raise ValueError(f"order must be 'yx' or 'xy', got {order!r}")
     divisors = sine_frequencies(num_pos_feats, temperature, boxes.dtype, boxes.device)
     embedded = interleave_sin_cos(boxes[..., None] * scale / divisors)  # [..., 2|4, F]
-    order = [1, 0] if boxes.shape[-1] == 2 else [1, 0, 2, 3]
-    return embedded[..., order, :].flatten(-2)
+    if order == "xy":
+        return embedded.flatten(-2)
+    blocks = [1, 0] if boxes.shape[-1] == 2 else [1, 0, 2, 3]
+    return embedded[..., blocks, :].flatten(-2)
 
 
 class InputQueryPosition(nn.Module):

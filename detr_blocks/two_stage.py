@@ -8,18 +8,19 @@ The pieces, in the order a model uses them::
     coord_logits = bbox_embed[-1](memory) + proposals       # [B, S, 4], logit space
     top_logits, _ = select_top_proposals(class_logits, coord_logits, num_queries)   # scoring="max_class": DINO
     reference_points = top_logits.sigmoid()                 # decoder's [B, Q, 4] references
-    query_pos, target = pos_trans_norm(pos_trans(proposal_position_embedding(top_logits))).split(C, -1)
+    query_pos, target = pos_trans_norm(pos_trans(box_sine_embedding(top_logits.sigmoid(), order="xy"))).split(C, -1)
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from detr_blocks._common import check_padding_mask, shape_list
-from detr_blocks.position_embedding import interleave_sin_cos, sine_frequencies
+from detr_blocks.query_position import box_sine_embedding
 
 
 def encoder_output_proposals(
@@ -142,21 +143,13 @@ def proposal_position_embedding(
     temperature: float = 10000.0,
     scale: float = 2 * math.pi,
 ) -> torch.Tensor:
-    """Sine embedding of proposal boxes (the two-stage query positions before ``pos_trans``).
-
-    Args:
-        proposal_logits: ``[B, Q, 4]`` box logits; the embedding is of ``sigmoid(logits)·scale``.
-        num_pos_feats: F, channels per coordinate.
-        temperature: base of the frequency ladder.
-        scale: multiplies the normalized coordinates.
-
-    Returns:
-        ``[B, Q, 4F]``: (cx, cy, w, h) blocks of F channels, sin/cos interleaved.
-    """
+    """Deprecated name of ``box_sine_embedding(proposal_logits.sigmoid(), ..., order="xy")``:
+    ``[B, Q, 4]`` box logits → ``[B, Q, 4F]``, (cx, cy, w, h) blocks of F channels."""
+    warnings.warn(
+        "detr_blocks.proposal_position_embedding(logits) is deprecated: use box_sine_embedding(logits.sigmoid(), order='xy')",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     if proposal_logits.dim() != 3 or proposal_logits.shape[-1] != 4:
         raise ValueError(f"proposal_logits must have shape [B, Q, 4], got {tuple(proposal_logits.shape)}")
-    if not isinstance(num_pos_feats, int) or num_pos_feats < 2 or num_pos_feats % 2:
-        raise ValueError(f"num_pos_feats must be a positive even int, got {num_pos_feats!r}")
-    divisors = sine_frequencies(num_pos_feats, temperature, proposal_logits.dtype, proposal_logits.device)
-    angles = proposal_logits.sigmoid()[..., None] * scale / divisors  # [B, Q, 4, F]
-    return interleave_sin_cos(angles).flatten(2)
+    return box_sine_embedding(proposal_logits.sigmoid(), num_pos_feats, temperature, scale, order="xy")

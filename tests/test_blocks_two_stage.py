@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.models.deformable_detr import modeling_deformable_detr as hf
 
-from detr_blocks import encoder_output_proposals, proposal_position_embedding, select_top_proposals
+from detr_blocks import box_sine_embedding, encoder_output_proposals, proposal_position_embedding, select_top_proposals
 
 SHAPES = [(4, 5), (2, 3), (1, 2), (1, 1)]
 
@@ -77,14 +77,16 @@ def test_proposal_position_embedding_matches_transformers(d_model):
     torch.manual_seed(1)
     logits = torch.randn(2, 6, 4) * 3
     _, embed = hf_two_stage_helpers(2 * d_model)
-    ours = proposal_position_embedding(logits, num_pos_feats=d_model)
+    ours = box_sine_embedding(logits.sigmoid(), num_pos_feats=d_model, order="xy")
     assert ours.shape == (2, 6, 4 * d_model)
     torch.testing.assert_close(ours, embed(logits))
+    with pytest.warns(DeprecationWarning, match="box_sine_embedding"):
+        torch.testing.assert_close(proposal_position_embedding(logits, num_pos_feats=d_model), ours)
 
 
 def test_proposal_position_embedding_by_hand():
     logits = torch.tensor([[[0.3, -1.0, 2.0, 0.0]]], dtype=torch.float64)
-    out = proposal_position_embedding(logits, num_pos_feats=4)
+    out = box_sine_embedding(logits.sigmoid(), num_pos_feats=4, order="xy")
     expected = []
     for v in logits[0, 0].tolist():
         angle = 1 / (1 + math.exp(-v)) * 2 * math.pi

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, select_top_proposals
+from detr_blocks.query_position import box_sine_embedding
+from detr_blocks.two_stage import encoder_output_proposals, select_top_proposals
 from models.common.deformable_transformer import SelectedQueries
 from models.common.multi_scale import MultiScaleFeatures
 
@@ -67,7 +68,7 @@ class TwoStageProposals(nn.Module):
     def box_queries(self, box_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(query_position, content)`` ``[B, N, C]`` each, from boxes in logit space ``[B, N, 4]``
         (their sine embedding through ``pos_trans`` and ``pos_trans_norm``)."""
-        embedded = proposal_position_embedding(box_logits, self.d_model // 2)
+        embedded = box_sine_embedding(box_logits.sigmoid(), self.d_model // 2, order="xy")
         query_position, content = self.pos_trans_norm(self.pos_trans(embedded)).split(self.d_model, dim=2)
         return query_position, content
 
