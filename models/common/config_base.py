@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from detr_blocks.activation import ACTIVATIONS
 from models.common.hub import HubOptions, resolve_file
 from models.common.pretrained import HUB_OPTIONS
 
@@ -63,6 +64,30 @@ class DetectionConfig:
 
     def validate(self) -> None:  # pragma: no cover - every family implements it
         raise NotImplementedError
+
+    # The fields every family's config has, with one meaning and one check (a family's ``validate``
+    # calls ``validate_common`` first, then checks its own fields).
+    COMMON_POSITIVE_INTS = ("num_channels", "d_model", "num_queries", "num_feature_levels", "decoder_layers", "encoder_attention_heads",
+                            "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "encoder_n_points", "decoder_n_points")
+    COMMON_FRACTIONS = ("dropout", "attention_dropout", "activation_dropout", "focal_alpha")
+    COMMON_WEIGHTS = ("class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient", "giou_loss_coefficient")
+    COMMON_BOOLS = ("dilation", "use_pretrained_backbone", "disable_custom_kernels", "auxiliary_loss", "output_attentions",
+                    "output_hidden_states", "return_dict")
+
+    def validate_common(self) -> None:
+        """Check the shared transformer, matching and loss fields; ``ValueError`` naming the field."""
+        check_positive_ints(self, self.COMMON_POSITIVE_INTS)
+        check_positive_ints(self, ("encoder_layers",), minimum=0)
+        check_numbers(self, self.COMMON_FRACTIONS, 0.0, 1.0)
+        check_numbers(self, self.COMMON_WEIGHTS)
+        check_bools(self, self.COMMON_BOOLS)
+        for heads in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, heads):
+                raise ValueError(f"d_model ({self.d_model}) must be divisible by {heads} ({getattr(self, heads)})")
+        if self.d_model % 32:
+            raise ValueError(f"d_model must be a multiple of 32 (the input projections use GroupNorm(32, d_model)), got {self.d_model}")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

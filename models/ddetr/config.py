@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from detr_blocks.activation import ACTIVATIONS
-from models.common.config_base import DetectionConfig
+from models.common.config_base import DetectionConfig, check_bools, check_numbers, check_positive_ints
 
 MODEL_TYPE = "deformable_detr"
 
@@ -303,44 +302,13 @@ class DeformableDetrConfig(DetectionConfig):
     # ------------------------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming the argument when a value or a combination is invalid."""
-
-        def positive_int(name: str, minimum: int = 1) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-        for name in ("num_channels", "num_queries", "d_model", "encoder_ffn_dim", "decoder_ffn_dim",
-                     "encoder_attention_heads", "decoder_attention_heads", "decoder_layers", "num_feature_levels",
-                     "encoder_n_points", "decoder_n_points", "two_stage_num_proposals", "max_position_embeddings",
-                     "k_one2many", "group_detr"):
-            positive_int(name)
-        for name in ("encoder_layers", "num_queries_one2many", "dn_number"):
-            positive_int(name, 0)
-        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "focal_alpha", "dn_label_noise_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        for name in ("init_std", "init_xavier_std", "class_cost", "bbox_cost", "giou_cost", "mask_loss_coefficient",
-                     "dice_loss_coefficient", "bbox_loss_coefficient", "giou_loss_coefficient", "eos_coefficient",
-                     "lambda_one2many", "dn_box_noise_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        for name in ("use_timm_backbone", "use_pretrained_backbone", "dilation", "two_stage", "with_box_refine",
-                     "auxiliary_loss", "disable_custom_kernels", "output_attentions", "output_hidden_states", "return_dict",
-                     "mixed_selection", "look_forward_twice"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.d_model % self.encoder_attention_heads != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by encoder_attention_heads ({self.encoder_attention_heads})")
-        if self.d_model % self.decoder_attention_heads != 0:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by decoder_attention_heads ({self.decoder_attention_heads})")
-        if self.d_model % 32 != 0:
-            raise ValueError(f"d_model must be a multiple of 32 (the input projections use GroupNorm(32, d_model)), got {self.d_model}")
-        if self.d_model % 2 != 0:
-            raise ValueError(f"d_model must be even (sine position embedding), got {self.d_model}")
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
+        self.validate_common()
+        check_positive_ints(self, ("two_stage_num_proposals", "max_position_embeddings", "k_one2many", "group_detr"))
+        check_positive_ints(self, ("num_queries_one2many", "dn_number"), minimum=0)
+        check_numbers(self, ("encoder_layerdrop", "dn_label_noise_ratio"), 0.0, 1.0)
+        check_numbers(self, ("init_std", "init_xavier_std", "mask_loss_coefficient", "dice_loss_coefficient", "eos_coefficient",
+                             "lambda_one2many", "dn_box_noise_scale"))
+        check_bools(self, ("use_timm_backbone", "two_stage", "with_box_refine", "mixed_selection", "look_forward_twice"))
         if self.position_embedding_type not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding_type!r}")
         if self.two_stage and not self.with_box_refine:

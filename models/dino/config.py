@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from detr_blocks.activation import ACTIVATIONS
 from models.common.config_base import DetectionConfig, check_bools, check_numbers, check_positive_ints
 
 MODEL_TYPE = "dino"
@@ -171,16 +170,12 @@ class DinoConfig(DetectionConfig):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the argument when a value or a combination is invalid."""
-        check_positive_ints(self, ("num_channels", "d_model", "num_queries", "num_feature_levels", "decoder_layers", "encoder_attention_heads",
-                                   "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "encoder_n_points", "decoder_n_points"))
-        check_positive_ints(self, ("encoder_layers", "dn_number"), minimum=0)
-        check_numbers(self, ("dropout", "attention_dropout", "activation_dropout", "focal_alpha", "dn_label_noise_ratio"), 0.0, 1.0)
-        check_numbers(self, ("class_cost", "bbox_cost", "giou_cost", "class_loss_coefficient", "bbox_loss_coefficient",
-                             "giou_loss_coefficient", "interm_loss_coefficient", "dn_box_noise_scale"))
+        self.validate_common()
+        check_positive_ints(self, ("dn_number",), minimum=0)
+        check_numbers(self, ("dn_label_noise_ratio",), 0.0, 1.0)
+        check_numbers(self, ("class_loss_coefficient", "interm_loss_coefficient", "dn_box_noise_scale"))
         check_numbers(self, ("position_embedding_temperature",), 1e-6)
-        check_bools(self, ("dilation", "use_pretrained_backbone", "disable_custom_kernels", "dec_pred_class_embed_share", "dec_pred_bbox_embed_share",
-                           "two_stage_class_embed_share", "two_stage_bbox_embed_share", "auxiliary_loss", "output_attentions",
-                           "output_hidden_states", "return_dict"))
+        check_bools(self, ("dec_pred_class_embed_share", "dec_pred_bbox_embed_share", "two_stage_class_embed_share", "two_stage_bbox_embed_share"))
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ValueError(f"backbone must be a backbone name such as 'resnet50', got {self.backbone!r}")
         indices = self.backbone_out_indices
@@ -188,13 +183,6 @@ class DinoConfig(DetectionConfig):
             raise ValueError(f"backbone_out_indices must be increasing ResNet stages in 1..4, got {indices!r}")
         if len(indices) > self.num_feature_levels:
             raise ValueError(f"num_feature_levels ({self.num_feature_levels}) must be at least len(backbone_out_indices) ({len(indices)})")
-        for heads in ("encoder_attention_heads", "decoder_attention_heads"):
-            if self.d_model % getattr(self, heads):
-                raise ValueError(f"d_model ({self.d_model}) must be divisible by {heads} ({getattr(self, heads)})")
-        if self.d_model % 32:
-            raise ValueError(f"d_model must be a multiple of 32 (the input projections use GroupNorm(32, d_model)), got {self.d_model}")
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")
         if self.two_stage_class_embed_share and not self.dec_pred_class_embed_share:
             raise ValueError("two_stage_class_embed_share=True needs dec_pred_class_embed_share=True (the proposals share the decoder's one head)")
         if self.two_stage_bbox_embed_share and not self.dec_pred_bbox_embed_share:
