@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from models.cli import commands as commands_module
 from models.cli import detect as detect_module
 from models.cli import main as main_module
 from models.cli.detect import IMAGE_SUFFIXES, check_detect_inputs, resolve_image_inputs
@@ -71,13 +72,13 @@ def test_bad_inputs_are_named(photos, make, expected):
 
 @pytest.mark.parametrize("option, value", [("--threshold", "1.5"), ("--top-k", "0"), ("--batch-size", "0")])
 def test_bad_options_fail_before_the_model_loads(photos, option, value, monkeypatch, capsys):
-    monkeypatch.setattr(main_module, "load_detector", _no_model)
+    monkeypatch.setattr(commands_module, "load_detector", _no_model)
     assert main(["detect", str(photos), "--checkpoint", "demo", option, value, "--out", str(photos / "o")]) == 2
     assert option in capsys.readouterr().err
 
 
 def test_every_image_is_checked_before_the_model_loads(photos, monkeypatch, capsys):
-    monkeypatch.setattr(main_module, "load_detector", _no_model)
+    monkeypatch.setattr(commands_module, "load_detector", _no_model)
     (photos / "z_broken.png").write_bytes(b"\x89PNG but not really")  # last in the folder
     assert main(["detect", str(photos), "--checkpoint", "demo", "--out", str(photos / "o")]) == 2
     assert "z_broken.png" in capsys.readouterr().err
@@ -177,14 +178,14 @@ def test_make_data_and_train_help_say_what_presets_do(capsys):
 def test_training_a_resnet_from_scratch_warns(tmp_path):
     ns = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     with pytest.warns(UserWarning, match="--pretrained-backbone"):
-        main_module.build_train_setup(ns)
+        commands_module.build_train_setup(ns)
     import warnings
 
     for extra in (["--preset", "demo"], ["--pretrained-backbone"]):
         ns = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *extra])
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            main_module.build_train_setup(ns)
+            commands_module.build_train_setup(ns)
 
 
 # -------------------------------------------------------------------------------------- drawing

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.cli.commands import build_train_setup
 from models.cli.demo import DEMO_SPEC
-from models.cli.main import build_parser, build_train_setup, main
+from models.cli.main import build_parser, main
 from models.data.synthetic import write_synthetic_coco
 from models.dino.config import DinoConfig
 

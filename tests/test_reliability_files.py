@@ -161,7 +161,7 @@ def test_train_command_names_allow_change(run, data, tmp_path, capsys):
 # -------------------------------------------------------------- 5/10: unwritable outputs, full disks
 def test_eval_checks_out_before_predicting(run, data, tmp_path, capsys, monkeypatch):
     predicted = []
-    monkeypatch.setattr("models.cli.main.predict_dataset", lambda *a, **k: predicted.append(1) or [])
+    monkeypatch.setattr("models.cli.commands.predict_dataset", lambda *a, **k: predicted.append(1) or [])
     a_file = tmp_path / "file"
     a_file.write_text("x")
     for out in (a_file, a_file / "sub"):

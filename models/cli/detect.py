@@ -141,12 +141,15 @@ def detect_images(
     device: torch.device | str,
     batch_size: int = 1,
     report: Callable[[str], None] | None = print,
+    nms_threshold: float | None = None,
 ) -> list[ImageDetections]:
     """Run the detector on image files, writing ``out/<stem>.png`` (annotated) and ``out/<stem>.json`` per image.
 
     Images are read ``batch_size`` at a time (a batch is padded to its largest image, see
     ``docs/cli.md``), so memory holds one batch of decoded images, never all of them. ``report``
     receives one line per image (``[i/n] file: k detections (...) -> png``); ``None`` is silent.
+    ``nms_threshold`` (an IoU in (0, 1]; None, the default, is off) drops a detection overlapped
+    above it by a better-scored one of the same class (``post_process_object_detection``).
     """
     if not 0.0 <= threshold <= 1.0:
         raise CliError(f"--threshold must be in [0, 1], got {threshold}")
@@ -162,7 +165,7 @@ def detect_images(
         chunk = paths[start : start + batch_size]
         images = [open_image(p) for p in chunk]
         # everything in the top-k, filtered here, so an image without detections can report its best score
-        raw = predict_images(model, processor, images, threshold=0.0, top_k=top_k, device=device)
+        raw = predict_images(model, processor, images, threshold=0.0, top_k=top_k, device=device, nms_threshold=nms_threshold)
         for k, (path, image, result) in enumerate(zip(chunk, images, raw)):
             keep = result["scores"] > threshold
             best = float(result["scores"].max()) if len(result["scores"]) else None

@@ -148,12 +148,14 @@ def predict_images(
     top_k: int = 100,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    nms_threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Run ``model`` on a batch of PIL images, returning per image ``{"scores", "labels", "boxes"}``.
 
     The processor resizes, normalizes and pads (``processor(images=..., return_tensors="pt")``) and
     maps the outputs back to pixels of each original image (``post_process_object_detection``);
-    boxes are (x0, y0, x1, y1).
+    boxes are (x0, y0, x1, y1). ``nms_threshold`` (an IoU in (0, 1], default None: off) applies the
+    processor's class-aware NMS after the top-k.
     """
     if len(images) == 0:
         return []
@@ -171,7 +173,7 @@ def predict_images(
     outputs = SimpleNamespace(logits=outputs.logits.float(), pred_boxes=outputs.pred_boxes.float())
     sizes = torch.tensor([[im.size[1], im.size[0]] for im in images], dtype=torch.int64)
     k = min(top_k, outputs.logits.shape[1] * outputs.logits.shape[2])
-    results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes, top_k=k)
+    results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes, top_k=k, nms_threshold=nms_threshold)
     return [{key: value.detach().cpu() for key, value in res.items()} for res in results]
 
 
@@ -184,10 +186,12 @@ def predict_dataset(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    nms_threshold: float | None = None,
 ) -> list[dict]:
     """Detections of ``model`` on ``dataset`` (a :class:`models.data.coco.CocoDetection`) as COCO records.
 
-    ``indices`` restricts it to some images (each process of a distributed run takes its share).
+    ``indices`` restricts it to some images (each process of a distributed run takes its share);
+    ``nms_threshold`` is passed to :func:`predict_images` (default None: no NMS).
     """
 
     if batch_size < 1:
@@ -202,7 +206,8 @@ def predict_dataset(
     try:
         for batch in batches:
             images = [dataset.load_image(i) for i in batch]
-            results = predict_images(model, processor, images, threshold=0.0, top_k=100, device=device, autocast_dtype=autocast_dtype)
+            results = predict_images(model, processor, images, threshold=0.0, top_k=100, device=device,
+                                     autocast_dtype=autocast_dtype, nms_threshold=nms_threshold)
             image_ids = [dataset.images[i]["id"] for i in batch]
             records.extend(detections_to_coco(dataset, image_ids, results))
     finally:

@@ -1,0 +1,216 @@
+"""The commands of ``deformable-detr``: one function per command, taking the parsed arguments.
+
+This module imports torch and the models; :mod:`models.cli.main` imports it only after the arguments
+have been parsed and checked (so ``--help`` and argument errors stay fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from models.cli.checks import check_nms
+from models.cli.demo import run_demo
+from models.cli.detect import check_detect_inputs, detect_images
+from models.cli.errors import CliError, Interrupted, RunStopped, check_output_dir, is_user_os_error, read_json_file
+from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_family, model_overrides, read_config_file, resolve_device
+from models.cli.presets import DEMO_DATA_SEED, DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS
+from models.data.coco import CocoDetection, resolve_split
+from models.data.synthetic import SyntheticSpec, write_synthetic_coco
+from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
+from models.registry import family
+
+# command-line flag -> TrainingArgs field
+_TRAIN_FLAGS = (
+    "epochs", "lr_drop", "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "batch_size",
+    "eval_batch_size", "num_workers", "seed", "image_size", "max_size", "flip", "multiscale", "amp", "device", "resume",
+    "eval_every", "max_steps_per_epoch", "train_split", "val_split", "progress", "train_backbone_stem",
+    "find_unused_parameters", "allow_change",
+)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise CliError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+# -------------------------------------------------------------------------------------- commands
+def cmd_detect(ns: argparse.Namespace) -> int:
+    paths = check_detect_inputs(ns.images, ns.threshold, ns.top_k, ns.batch_size)  # before the model is loaded
+    check_output_dir(ns.out)
+    device = resolve_device(ns.device)
+    model, processor = load_detector(ns.checkpoint, ns, device)
+    out = Path(ns.out)
+    results = detect_images(model, processor, paths, out, ns.threshold, ns.top_k, device, batch_size=ns.batch_size,
+                            nms_threshold=check_nms(ns.nms))
+    total = sum(r.count for r in results)
+    print(f"{len(results)} image(s), {total} detection(s); wrote {len(results)} annotated PNG + JSON pair(s) to {out}")
+    return 0
+
+
+def build_train_setup(ns: argparse.Namespace):
+    """(TrainingArgs, config) from the train command's flags, preset and model family (``--model``)."""
+    chosen = family(model_family(ns))
+    train_values = dict(DEMO_TRAIN_ARGS) if ns.preset == "demo" else dict(chosen.recipe)
+    for name in _TRAIN_FLAGS:
+        value = getattr(ns, name, None)
+        if value is not None:
+            train_values[name] = tuple(value) if isinstance(value, list) else value
+    args = TrainingArgs(data=ns.data, out=ns.out, model=chosen.name, **train_values)
+    try:
+        args.validate()
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+    # lowest first: the preset's model, the family's own fields, the --config file, the flags
+    base: dict = {"use_pretrained_backbone": False}
+    if ns.preset == "demo":
+        base.update(DEMO_DINO_CONFIG if chosen.name == "dino" else DEMO_MODEL_CONFIG)
+    base.update(chosen.defaults)
+    if ns.config:
+        base.update(read_config_file(ns.config, config_class=chosen.config_class))
+    base.update(model_overrides(ns))
+    base.setdefault("use_pretrained_backbone", False)
+    try:
+        config = chosen.config_class.from_dict(base)
+    except (ValueError, TypeError) as err:
+        raise CliError(f"model config: {err}") from err
+    if ns.preset != "demo" and not ns.resume and not config.use_pretrained_backbone and str(config.backbone).startswith("resnet"):
+        warnings.warn(
+            f"the {config.backbone} backbone starts from random weights (no --pretrained-backbone): the paper's recipe "
+            "assumes ImageNet weights and needs many more epochs without them; add --pretrained-backbone "
+            "(ImageNet weights from the local torch cache), or use --preset demo for small images on a CPU",
+            UserWarning,
+            stacklevel=2,
+        )
+    return args, config
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+
+    _set_threads(ns.threads)
+    args, config = build_train_setup(ns)
+    if ns.resume and not ns.config and not model_overrides(ns):
+        config = None  # no model flags on the command line: continue with the checkpoint's own model
+    check_output_dir(args.out)
+    started = time.time()
+    try:
+        result = train(args, config)
+    except TrainingDiverged as err:
+        raise RunStopped(str(err)) from err
+    except KeyboardInterrupt as err:
+        raise Interrupted(interrupted_training_message(args.out)) from err
+    except (FileNotFoundError, ValueError) as err:
+        if is_user_os_error(err) and getattr(err, "filename", None):
+            raise
+        raise CliError(str(err)) from err
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if result.get("rank", 0) == 0:
+        minutes = (time.time() - started) / 60
+        print(f"training done in {minutes:.1f} min: {result['epoch']} epochs, {result['step']} steps; model in {Path(args.out) / 'model'}")
+        if result.get("metrics"):
+            m = result["metrics"]
+            print(f"last evaluation: AP {m['AP']:.3f}  AP50 {m['AP50']:.3f}  AP75 {m['AP75']:.3f}")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+
+    if (ns.checkpoint is None) == (ns.predictions is None):
+        raise CliError("eval needs exactly one of --checkpoint and --predictions")
+    try:
+        images_dir, ann_file = resolve_split(ns.data, ns.split)
+        dataset = CocoDetection(images_dir, ann_file)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(str(err)) from err
+    check_eval_dataset(dataset, ns.split)
+    out = check_output_dir(ns.out)  # before any prediction
+    extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
+    if ns.predictions:
+        detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")
+        try:
+            metrics, summary = coco_metrics(dataset.coco, detections)
+        except ValueError as err:
+            raise CliError(str(err)) from err
+        extra["predictions"] = ns.predictions
+    else:
+        device = resolve_device(ns.device)
+        model, processor = load_detector(ns.checkpoint, ns, device)
+        if model.config.num_labels != dataset.num_classes:
+            raise CliError(
+                f"--checkpoint {ns.checkpoint!r} predicts {model.config.num_labels} classes but {str(ann_file)!r} "
+                f"has {dataset.num_classes} categories"
+            )
+        try:
+            detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
+                                         progress=lambda it: tqdm(it, desc="eval", dynamic_ncols=True), nms_threshold=check_nms(ns.nms))
+        except (FileNotFoundError, ValueError) as err:
+            if is_user_os_error(err) and getattr(err, "filename", None):
+                raise
+            raise CliError(str(err)) from err
+        metrics, summary = coco_metrics(dataset.coco, detections)
+        extra["checkpoint"] = ns.checkpoint
+        extra["nms_threshold"] = check_nms(ns.nms)
+        with naming_write_errors(out / "detections.json"):
+            (out / "detections.json").write_text(json.dumps(detections))
+    write_metrics(out / "metrics.json", metrics, extra)
+    print(summary, end="")
+    print(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  -> {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_make_data(ns: argparse.Namespace) -> int:
+
+    spec = DEMO_SPEC if ns.preset == "demo" else SyntheticSpec()
+    for flag, value in (("--train", ns.train), ("--val", ns.val), ("--test", ns.test), ("--max-objects", ns.max_objects)):
+        if value is not None and value < 0:
+            raise CliError(f"{flag} must be >= 0, got {value}")
+    if ns.image_size is not None and ns.image_size < 1:
+        raise CliError(f"--image-size must be >= 1, got {ns.image_size}")
+    check_output_dir(ns.out)
+    changes = {}
+    if ns.image_size is not None:
+        changes["image_size"] = (ns.image_size, ns.image_size)
+    if ns.classes:
+        changes["classes"] = tuple(ns.classes)
+    if ns.max_objects is not None:
+        changes["max_objects"] = ns.max_objects
+    try:
+        spec = dataclasses.replace(spec, **changes)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    splits = {
+        "train": DEMO_SPLITS["train"] if ns.train is None else ns.train,
+        "val": DEMO_SPLITS["val"] if ns.val is None else ns.val,
+    }
+    if ns.test:
+        splits["test"] = ns.test
+    seed = DEMO_DATA_SEED if ns.seed is None else ns.seed
+    started = time.time()
+    written = write_synthetic_coco(ns.out, splits, spec, seed)
+    for split, (images_dir, ann) in written.items():
+        print(f"{split}: {splits[split]} images in {images_dir}, annotations {ann}")
+    print(f"done in {time.time() - started:.1f} s")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+
+    _set_threads(ns.threads)
+    return run_demo(ns)
+
+
+COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "make-data": cmd_make_data}
