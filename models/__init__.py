@@ -17,6 +17,11 @@ _EXPORTS = {
     "deformable_detr_single_scale_dc5": "models.ddetr.variants",
     "deformable_detr_box_refine": "models.ddetr.variants",
     "deformable_detr_two_stage": "models.ddetr.variants",
+    "h_deformable_detr": "models.ddetr.variants",
+    "dn_deformable_detr": "models.ddetr.variants",
+    "group_deformable_detr": "models.ddetr.variants",
+    "register_family": "models.registry",
+    "family_names": "models.registry",
     "DeformableDetrImageProcessor": "models.processing.image_processing",
     "DeformableDetrImageProcessorFast": "models.processing.image_processing_fast",
     "DeformableDetrFeatureExtractor": "models.processing.feature_extraction",
@@ -25,6 +30,7 @@ _EXPORTS = {
     "DinoForObjectDetection": "models.dino.modeling",
     "dino_4scale": "models.dino.variants",
     "dino_5scale": "models.dino.variants",
+    "quantize": "models.quantization.pt2e",
 }
 
 __all__ = sorted(_EXPORTS)
