@@ -7,7 +7,7 @@ model, save and load it (``docs/quantization.md``).
 from models.quantization.calibrate import calibration_from_images
 from models.quantization.cpu_support import QuantizationUnsupported, check_cpu_support
 from models.quantization.detector import QuantizedDetectionOutput, QuantizedDetector
-from models.quantization.quantize import quantize
+from models.quantization.pt2e import quantize
 from models.quantization.recipe import QuantizationRecipe
 
 __all__ = [

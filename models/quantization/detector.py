@@ -80,7 +80,7 @@ class QuantizedDetector(torch.nn.Module):
 
     def _runner(self):
         if self._run is None:
-            self._run = torch.compile(self.graph, options={"freezing": True}) if self.compiled else self.graph
+            self._run = torch.compile(self.graph) if self.compiled else self.graph
         return self._run
 
     def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None, **unused: Any) -> QuantizedDetectionOutput:
@@ -93,6 +93,8 @@ class QuantizedDetector(torch.nn.Module):
         if given:
             raise TypeError(f"{', '.join(given)}: not supported by a quantized detector (inference outputs only)")
         batch = pad_to_canvas(model_inputs(pixel_values, pixel_mask), self.canvas)
-        with torch.no_grad():
+        # freezing (weights as constants) is what lets inductor pack the int8 weights for oneDNN; it is
+        # read when a graph compiles (first call, and a new batch size), so it is set around every call
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
             outputs = self._runner()(batch.pixel_values, batch.pixel_mask)
         return QuantizedDetectionOutput((name, outputs[name]) for name in self.fields)
