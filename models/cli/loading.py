@@ -204,7 +204,7 @@ def hub_snapshot(repo_id: str) -> Path:
         if resolve_file(repo_id, "model.safetensors", required=False) is None:
             resolve_file(repo_id, "pytorch_model.bin", required=False)
     except (OSError, ImportError) as err:
-        raise CliError(f"--checkpoint {repo_id!r} (a Hugging Face Hub repo id): {err}") from err
+        raise CliError(f"--checkpoint {repo_id!r} is not a local file or folder, and as a Hugging Face Hub repo id: {err}") from err
     return folder
 
 
@@ -214,7 +214,9 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
     ``path`` may be a Hugging Face-layout folder (``config.json`` + weights, optionally
     ``preprocessor_config.json``), a training output folder (its ``model/``), a ``training_state.pt``,
     or an original repository ``.pth`` (variant from its ``args``, or from ``--config``/model flags);
-    ``"demo"`` is the shipped demo detector (``DEMO_CHECKPOINT_DIR``).
+    ``"demo"`` is the shipped demo detector (``DEMO_CHECKPOINT_DIR``). A name that is not on the disk
+    is looked up on the Hugging Face Hub only when it is shaped like a repo id
+    (``models.common.hub.looks_like_repo_id``: ``owner/name``, not ``runs/t1`` when ``runs/`` exists).
     """
     if str(path) == DEMO_CHECKPOINT_NAME:
         path = str(DEMO_CHECKPOINT_DIR)
@@ -222,7 +224,8 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
     if not source.exists() and looks_like_repo_id(str(path)):
         source = hub_snapshot(str(path))
     if not source.exists():
-        raise CliError(f"--checkpoint {path!r}: no such file or folder (nor a Hugging Face Hub repo id such as SenseTime/deformable-detr)")
+        raise CliError(f"--checkpoint {path!r}: no such local file or folder (and, shaped as a path, not looked up as a "
+                       "Hugging Face Hub repo id such as SenseTime/deformable-detr)")
     if source.is_dir() and not (source / "config.json").is_file():
         if (source / MODEL_DIR / "config.json").is_file():
             source = source / MODEL_DIR

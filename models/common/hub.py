@@ -54,12 +54,40 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
     return os.path.join(home, "hub")
 
 
+_FILE_ENDINGS = (".pth", ".pt", ".bin", ".json", ".safetensors")
+_MAX_REPO_PART = 96
+
+
+def _hub_name_part(part: str) -> bool:
+    """One part of a repo id as the Hub allows it: letters, digits, ``-_.``, at most 96 characters,
+    starting and ending with a letter, digit or ``_``, and no ``--`` or ``..``."""
+    return (
+        0 < len(part) <= _MAX_REPO_PART
+        and all(ch.isalnum() or ch in "-_." for ch in part)
+        and (part[0].isalnum() or part[0] == "_")
+        and (part[-1].isalnum() or part[-1] == "_")
+        and "--" not in part
+        and ".." not in part
+    )
+
+
 def looks_like_repo_id(name: str) -> bool:
-    """``"name"`` or ``"owner/name"`` made of Hub-legal characters (and not an existing path)."""
-    if os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name or name.endswith((".pth", ".pt", ".bin", ".json", ".safetensors")):
+    """Whether ``name`` is to be looked up on the Hugging Face Hub rather than on the disk.
+
+    Decided from the name alone, before any network call. A name is a local path (False) when it
+    exists; starts with ``.``, ``/`` or ``~``; holds a backslash; ends with ``/`` or ``.``; holds
+    ``..`` or more than one ``/``; ends like a weights or JSON file; or when its first component
+    (``runs`` of ``runs/t1``) exists here. Otherwise it is a repo id when it is ``name`` or
+    ``owner/name`` made of Hub-legal parts (see ``_hub_name_part``).
+    """
+    if not isinstance(name, str) or not name:
+        return False
+    if os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name or name.endswith(("/", ".", *_FILE_ENDINGS)):
         return False
     parts = name.split("/")
-    return 1 <= len(parts) <= 2 and all(part and all(ch.isalnum() or ch in "-_." for ch in part) for part in parts)
+    if len(parts) > 2 or (len(parts) == 2 and os.path.exists(parts[0])):
+        return False
+    return all(_hub_name_part(part) for part in parts)
 
 
 def _import_hub() -> Any:
@@ -98,7 +126,7 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str, options: HubOpt
     if not looks_like_repo_id(name):
         raise FileNotFoundError(f"{name!r} is neither a local directory nor a Hugging Face Hub repo id")
     hub = _import_hub()
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     offline = options.local_files_only or hub_offline()
     cache = hub_cache_dir(options.cache_dir)
@@ -128,6 +156,8 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str, options: HubOpt
         if required:
             raise OSError(f"{name!r} (revision {options.revision or 'main'}) has no file {filename!r}") from None
         return None
+    except HFValidationError as error:  # a name the Hub refuses (looks_like_repo_id lets few through)
+        raise FileNotFoundError(f"{name!r} is neither a local directory nor a valid Hugging Face Hub repo id: {error}") from error
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise OSError(f"{name!r} (revision {options.revision or 'main'}) is not a Hub repo this token can read: {error}") from error
 
