@@ -86,12 +86,17 @@ def check_command(command: Command) -> None:
     program = argv[0]
     if program == "deformable-detr":
         _check_cli(argv[1:], line)
-    elif program == "torchrun":
-        assert "-m" in argv and argv[argv.index("-m") + 1] == "models", line
-        _check_cli(argv[argv.index("-m") + 2 :], line)
+    elif program == "torchrun":  # the installed command, never `-m models` (a user's models.py can shadow it)
+        assert "--no-python" in argv and "-m" not in argv and "deformable-detr" in argv, line
+        _check_cli(argv[argv.index("deformable-detr") + 1 :], line)
     elif program == "pip":
         assert argv[1] == "install", line
-        for requirement in argv[2:]:
+        requirements = argv[2:]
+        if "--index-url" in requirements:  # only torch's own CPU-only wheel index
+            at = requirements.index("--index-url")
+            assert requirements[at + 1] == "https://download.pytorch.org/whl/cpu", line
+            requirements = requirements[:at] + requirements[at + 2 :]
+        for requirement in requirements:
             if requirement.startswith("."):
                 extra = re.fullmatch(r"\.(?:\[(\w+)\])?", requirement)
                 assert extra, line
