@@ -11,8 +11,7 @@ Layout::
 
 The "quantization" section of ``config.json``: ``format`` (:data:`FORMAT`), ``version``, ``program``
 (the file name), ``fields`` (the output fields, in order), ``canvas`` ([H, W]), ``recipe``
-(:meth:`QuantizationRecipe.to_dict`), ``config_class`` (``DeformableDetrConfig`` or ``DinoConfig``:
-a name in ``models``), and for the record ``torch``/``torchao`` versions and the CPU it was made on.
+(:meth:`QuantizationRecipe.to_dict`), and for the record ``torch``/``torchao`` versions and the CPU it was made on.
 Loading needs the same torch minor version (``torch.export`` programs are not promised to load across
 versions) and ``import msda`` (the graph calls ``torch.ops.msda.ms_deform_attn``).
 """
@@ -74,7 +73,6 @@ def save_quantized(detector: QuantizedDetector, directory: str | os.PathLike, pr
         "fields": list(detector.fields),
         "canvas": list(detector.canvas),
         "recipe": detector.recipe.to_dict(),
-        "config_class": type(detector.config).__name__,
         "torch": torch.__version__,
         "torchao": torchao.__version__,
         "made_on": isa_summary(),
@@ -101,16 +99,13 @@ def load_quantized(directory: str | os.PathLike, compile: bool = True) -> Quanti
     saved_torch, running_torch = section["torch"].split(".")[:2], torch.__version__.split(".")[:2]
     if saved_torch != running_torch:
         raise ValueError(f"directory: {str(directory)!r} was saved with torch {section['torch']}; this is torch {torch.__version__}: quantize the float model again")
-    import models
     import msda  # noqa: F401  (registers torch.ops.msda.ms_deform_attn, which the graph calls)
+    from models.registry import config_from_dict  # the family's config class, from the config's architectures/model_type
 
-    config_class = getattr(models, section["config_class"], None)
-    if config_class is None:
-        raise ValueError(f"directory: config_class {section['config_class']!r} is not a model config of this library")
     program = torch.export.load(directory / section["program"])
     return QuantizedDetector(
         program.module(),
-        config_class.from_dict(config),
+        config_from_dict(config),
         section["fields"],
         tuple(section["canvas"]),
         QuantizationRecipe.from_dict(section["recipe"]),
