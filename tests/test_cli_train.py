@@ -155,7 +155,7 @@ def test_train_command_builds_the_run_from_flags(data, tmp_path, capsys):
     resumed = load_training_state(out)
     assert resumed["epoch"] == 2 and resumed["step"] == 2 and resumed["config"] == state["config"]
     assert "resumed from" in capsys.readouterr().out
-    assert main(["train", "--data", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert main(["train", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "new")]) == 2
     assert "absent" in capsys.readouterr().err
     assert main(["train", "--data", str(data), "--out", str(out), "--d-model", "33"]) == 2
     assert "d_model" in capsys.readouterr().err

@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.common.setting_hints import setting_hints
+
 SAFETENSORS_NAME = "model.safetensors"
 PYTORCH_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -52,6 +54,27 @@ class LoadReport:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")
                 parts.append(f"{name.replace('_', ' ')}: {shown}")
         return "; ".join(parts) if parts else "all keys matched"
+
+
+class CheckpointMismatchError(KeyError, ValueError):
+    """Weights that do not fit the model (missing, unexpected or other-shaped tensors).
+
+    ``message`` says which keys and, when the keys show it, which config settings differ
+    (``hints``); ``str()`` adds ``python_hint`` (what a Python caller may pass instead), which a
+    command line without that option leaves out. A ``KeyError`` and a ``ValueError``, as the two
+    kinds of disagreement were before."""
+
+    def __init__(self, message: str, report: LoadReport, hints: list[str], python_hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.report, self.hints, self.python_hint = message, report, hints, python_hint
+
+    def __str__(self) -> str:
+        return self.message + (f" ({self.python_hint})" if self.python_hint else "")
+
+
+class UnfitWeightsError(ValueError):
+    """Checkpoint tensors of the wrong kind (integer or bool where the model has floating-point
+    weights) or holding NaN/inf values; the message names every such key."""
 
 
 class CorruptCheckpointError(ValueError):
@@ -98,7 +121,7 @@ def torch_load_file(path: str | os.PathLike, what: str, trust_pickle: bool = Fal
         with torch.serialization.safe_globals(list(safe)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        found = re.search(r"unsupported global:?(?: GLOBAL)? ([\w.]+)", str(error), flags=re.IGNORECASE)
         if found is None:
             raise CorruptCheckpointError(f"{path!r} is not a readable {what}: corrupt or not a torch file ({_short(error)})") from error
         if not trust_pickle:
@@ -174,6 +197,26 @@ def write_state_dict(model: nn.Module, directory: str | os.PathLike, safe_serial
 
 
 # --------------------------------------------------------------------------------- loading
+def check_weight_values(incoming: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
+    """``UnfitWeightsError`` naming every key of ``incoming`` whose tensor is not floating-point where
+    the model's (``own``) is, or holds NaN/inf values (``load_state_dict`` would cast the first and
+    copy the second silently: a model that detects nothing)."""
+    wrong_kind = [f"{key} ({tensor.dtype}, the model's is {own[key].dtype})" for key, tensor in incoming.items()
+                  if key in own and own[key].is_floating_point() and not tensor.is_floating_point()]
+    if wrong_kind:
+        raise UnfitWeightsError(f"checkpoint tensors are not floating-point where the model's weights are: {', '.join(wrong_kind[:10])}"
+                                f"{f' ... ({len(wrong_kind)} in all)' if len(wrong_kind) > 10 else ''}; the file is damaged or not this model's")
+    broken = []
+    for key, tensor in incoming.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            broken.append(f"{key} ({bad} of {tensor.numel()} values)")
+    if broken:
+        raise UnfitWeightsError(f"checkpoint weights hold NaN or inf values: {', '.join(broken[:10])}"
+                                f"{f' ... ({len(broken)} in all)' if len(broken) > 10 else ''}; the file is damaged or was saved "
+                                "from a training run that diverged")
+
+
 def shared_groups(model: nn.Module) -> list[list[str]]:
     """Names of the state-dict entries that share one tensor, grouped (groups of 2+ only), over every
     name (``nn.Module.state_dict``, whatever a subclass's ``state_dict`` leaves out)."""
@@ -216,8 +259,13 @@ def load_state_dict_into(
     - A class head of another size raises ``ValueError`` naming both sizes, unless
       ``ignore_mismatched_sizes``: then every mismatched tensor keeps its fresh initialisation
       and a warning names them.
-    - Missing or unexpected keys (and ``unmapped_keys`` from a conversion) raise ``KeyError``
-      naming them when ``strict``; otherwise they are named in a warning.
+    - Missing or unexpected keys (and ``unmapped_keys`` from a conversion) raise
+      ``CheckpointMismatchError`` (a ``KeyError``) naming them when ``strict``; otherwise they are
+      named in a warning. Tensors of other shapes raise it too (a ``ValueError``). Either message
+      names the config settings the keys point to (``num_feature_levels``, ``two_stage``,
+      ``with_box_refine``; see ``setting_hints``).
+    - A tensor that is not floating-point where the model's weight is (int32, bool), or that holds
+      NaN/inf values, raises ``UnfitWeightsError`` naming every such key.
     - ``key_alias(key)`` may name the canonical key of a checkpoint key the model does not have
       (e.g. a head that a family registers twice); None keeps the key as it is.
     """
@@ -262,13 +310,16 @@ def load_state_dict_into(
         else:
             to_load[key] = tensor
     report.missing_keys = sorted(key for key in own if key not in incoming)
+    hints = setting_hints(state_dict, unique_state_dict(model)) if (report.mismatched_keys or not report.clean) else []
+    named = f"the config differs from the one the weights were trained with in {'; '.join(hints)}; " if hints else ""
     if report.mismatched_keys:
-        raise ValueError(f"checkpoint tensors do not fit the model: {', '.join(report.mismatched_keys)}")
+        raise CheckpointMismatchError(f"checkpoint tensors do not fit the model: {named}{', '.join(report.mismatched_keys)}", report, hints)
     if not report.clean:
-        message = f"checkpoint and model disagree: {report.describe()}"
+        message = f"checkpoint and model disagree: {named}{report.describe()}"
         if strict:
-            raise KeyError(message + " (pass strict=False to load anyway)")
+            raise CheckpointMismatchError(message, report, hints, "pass strict=False to load anyway")
         warnings.warn(message, stacklevel=3)
+    check_weight_values(to_load, own)
     if report.fresh_keys:
         warnings.warn(
             f"these tensors have other shapes in the checkpoint and keep their fresh initialisation (train them): {', '.join(report.fresh_keys)}",

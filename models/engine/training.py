@@ -30,9 +30,10 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,21 +44,29 @@ from tqdm.auto import tqdm
 from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, torch_load_file
 from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
 from models.data.coco import CocoDetection, resolve_split
-from models.ddetr.config import DeformableDetrConfig
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
-from models.registry import build_detector, config_from_dict, family
+from models.engine.run_folder import (
+    METRICS_LINES,
+    STATE_FILE,
+    TRAIN_ARGS_FILE,
+    check_apart_from_inputs,
+    check_run_folder,
+    folder_lock,
+    move_run_aside,
+)
 from models.processing.image_processing import DeformableDetrImageProcessor
+from models.registry import Family, build_detector, config_from_dict, family, family_of
 
-STATE_FILE = "training_state.pt"
 MODEL_DIR = "model"
-METRICS_LINES = "metrics.jsonl"
+DEFAULT_FAMILY = "deformable-detr"
+"""The family a run trains when neither ``TrainingArgs.model`` nor the config names one."""
 STATE_FORMAT = "deformable-detr-training-state/2"
 """Version 2 holds only tensors and plain data (read with ``weights_only=True``); version 1 files held
 numpy arrays, which only a full (code-running) unpickling reads, and are refused."""
 
 RESUME_FREE = frozenset({
     "data", "out", "resume", "progress", "num_workers", "device", "epochs", "eval_every", "eval_batch_size",
-    "find_unused_parameters", "allow_change", "model",
+    "find_unused_parameters", "allow_change", "model", "overwrite",
 })
 """``TrainingArgs`` fields a resumed run may change freely (paths, speed, logging, and a longer or shorter run)."""
 RESUME_FIXED = frozenset({"train_backbone_stem"})
@@ -72,8 +81,11 @@ class TrainingArgs:
     """Hyper-parameters of a training run (the model's own are in its config).
 
     Defaults are the paper's; ``batch_size`` is per process (the paper used 8 GPUs x 4 images).
-    ``model`` is the family (``models.registry``) to build; None: the config's family. A resumed
-    run must name the checkpoint's family (or none).
+    ``model`` is the family (``models.registry``) to build; None: the config's family (default
+    ``deformable-detr``). A resumed run must name the checkpoint's family (or none). ``allow_change``:
+    settings that ``resume`` may change from the checkpoint's (every other difference is an error).
+    ``overwrite``: an ``out`` that holds another run has that run's files moved aside into
+    ``out/replaced-<time>/`` (without it, such an ``out`` is refused; see ``models.engine.run_folder``).
     """
 
     data: str
@@ -105,7 +117,7 @@ class TrainingArgs:
     find_unused_parameters: bool = False
     allow_change: tuple[str, ...] = ()
     model: str | None = None
-    """Settings that ``resume`` may change from the checkpoint's (every other difference is an error)."""
+    overwrite: bool = False
 
     def validate(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -119,6 +131,7 @@ class TrainingArgs:
             positive(name, allow_zero=True)
         if self.max_size < self.image_size:
             raise ValueError(f"max_size ({self.max_size}) must be >= image_size ({self.image_size})")
+        check_device_name(self.device, "device")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be one of auto, off, bf16, fp16; got {self.amp!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
@@ -131,6 +144,17 @@ class TrainingArgs:
 
 
 # ------------------------------------------------------------------------------------ distributed
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device_name(name: str, flag: str = "--device") -> str:
+    """``name`` when it names a device this library runs on (:data:`DEVICE_NAMES`); ``ValueError``
+    naming ``flag`` and the valid values otherwise (whether that device is present is checked later)."""
+    if isinstance(name, str) and (name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name)):
+        return name
+    raise ValueError(f"{flag} must be one of {DEVICE_NAMES}, got {name!r}")
+
+
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -153,8 +177,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     NCCL when the processes use GPUs, gloo otherwise.
     """
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    check_device_name(device, "device")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available")
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available on this machine")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but this machine has no usable MPS device")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         dev = torch.device(device if device not in ("auto",) else ("cuda" if use_cuda else "cpu"))
@@ -250,7 +277,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the run stopped and the last checkpoint is intact."""
+    """The loss or the weights became NaN or infinite; the run stopped, and the message says which
+    checkpoint is intact (or that none was written yet)."""
 
 
 @contextlib.contextmanager
@@ -574,29 +602,76 @@ def _log(info: DistInfo, message: str) -> None:
             tqdm.write(message)
 
 
-# ------------------------------------------------------------------------------------------ train
-def train(args: TrainingArgs, config=None) -> dict:
-    """Train (or resume) a detector (Deformable DETR or DINO, by the config's family) as described by ``args`` and ``config``.
+# ------------------------------------------------------------------------------- the steps of train
+class Optimization(NamedTuple):
+    """What updates the weights: the optimizer, its learning-rate schedule (None without an lr drop),
+    the loss scaler (fp16 only) and the autocast dtype (None: full precision)."""
 
-    Args:
-        args: the run's hyper-parameters and paths.
-        config: a ``DeformableDetrConfig`` for a new run (its labels are set from the dataset's
-            categories); ignored when resuming, where the checkpoint's config is used and a
-            different ``config`` raises.
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR | None
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
 
-    Returns:
-        ``{"epoch", "step", "metrics", "out", "rank", "model"}``: the last COCO metrics (rank 0 only,
-        else None), the output folder, this process's rank and its trained model.
+
+class RunParts(NamedTuple):
+    """Everything an epoch uses: the model (``net``: its DDP wrapper, or the model), the optimization,
+    the training data, the validation set, the processor saved with the model, and the model config."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimization: Optimization
+    loader: DataLoader
+    sampler: DistributedSampler
+    train_set: AugmentedDataset
+    val_set: CocoDetection
+    processor: Any
+    config: Any
+
+
+@contextlib.contextmanager
+def claim_run_folder(args: TrainingArgs, info: DistInfo) -> Iterator[None]:
+    """Hold the run folder ``args.out`` for the block (rank 0 writes, so rank 0 locks).
+
+    Rank 0 creates the folder and proves it writable, takes its lock (``run_folder.folder_lock``),
+    refuses a folder holding another run unless ``args.resume`` continues it or ``args.overwrite``
+    moves it aside (``run_folder.check_run_folder``), then finishes or rolls back what a killed
+    write left (:func:`recover_run_dir`). Every process learns rank 0's refusal, so none waits for it.
     """
-
-    args.validate()
-    info = init_distributed(args.device)
     out = Path(args.out)
-    if info.is_main:
-        _prepare_out_dir(out)
-        for note in recover_run_dir(out):
-            _log(info, note)
+    with contextlib.ExitStack() as stack:
+        refusal: Exception | None = None
+        if info.is_main:
+            try:
+                check_apart_from_inputs(out, read_trees=[(f"the dataset --data {args.data!r}", args.data)])
+                _prepare_out_dir(out)
+                stack.enter_context(folder_lock(out))
+                check_run_folder(out, args.resume, args.overwrite)
+                if args.overwrite:
+                    aside = move_run_aside(out)
+                    if aside is not None:
+                        _log(info, f"--overwrite: the previous run's files are now in {str(aside)!r}")
+                for note in recover_run_dir(out):
+                    _log(info, note)
+            except (OSError, ValueError) as err:
+                refusal = err
+        _share_refusal(refusal, info)
+        yield
 
+
+def _share_refusal(refusal: Exception | None, info: DistInfo) -> None:
+    """Raise rank 0's ``refusal`` on every process (the other ranks as ``ValueError`` with its text)."""
+    if info.enabled:
+        message = [None if refusal is None else str(refusal)]
+        dist.broadcast_object_list(message, src=0)
+        if refusal is None and message[0] is not None:
+            raise ValueError(message[0])
+    if refusal is not None:
+        raise refusal
+
+
+def read_datasets(args: TrainingArgs) -> tuple[CocoDetection, CocoDetection]:
+    """The training and validation splits of ``args.data``: same categories, a trainable training split
+    and a validation split with images (a split whose boxes are all crowd boxes only warns)."""
     train_base = CocoDetection(*resolve_split(args.data, args.train_split))
     val_set = CocoDetection(*resolve_split(args.data, args.val_split))
     if train_base.category_ids != val_set.category_ids:
@@ -611,74 +686,112 @@ def train(args: TrainingArgs, config=None) -> dict:
     if problem is not None:
         if not val_set.images:
             raise ValueError(f"validation split {args.val_split!r} cannot be evaluated: {problem}")
-        warnings.warn(f"validation split {args.val_split!r}: {problem}; every AP and AR will be -1", stacklevel=2)
+        warnings.warn(f"validation split {args.val_split!r}: {problem}; every AP and AR will be -1", stacklevel=3)
+    return train_base, val_set
 
-    state = load_training_state(args.resume) if args.resume else None
-    changed: dict[str, tuple] = {}
-    if state is not None:
-        saved_model = state.get("train_args", {}).get("model")
-        if args.model is not None and saved_model is not None and family(args.model).detector_class is not family(saved_model).detector_class:
-            raise ValueError(f"--resume {state['path']!r}: the checkpoint is a {saved_model} run, this run asks for --model {args.model}; resume with --model {saved_model}")
-        saved = config_from_dict(state["config"])
-        if config is not None:
-            wanted = config.copy(num_labels=saved.num_labels, id2label=saved.id2label, label2id=saved.label2id)
-            diff = _config_difference(wanted.to_dict(), saved.to_dict())
-            if diff:
-                raise ValueError(f"--resume {state['path']!r}: the checkpoint's model config differs from the one asked for: " + "; ".join(diff))
-        config = saved
-        if config.num_labels != train_base.num_classes:
-            raise ValueError(
-                f"--resume {state['path']!r}: the checkpoint has {config.num_labels} classes but {args.data!r} has {train_base.num_classes}"
-            )
-        changed = check_resume_settings(args, state)
-    else:
-        config = DeformableDetrConfig() if config is None else config
-        id2label = train_base.id2label
-        config = config.copy(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
 
-    seed_everything(args.seed)  # same initial weights on every process
-    # when resuming, the checkpoint supplies every weight: never look for ImageNet backbone weights
-    model = build_detector(config if state is None else config.copy(use_pretrained_backbone=False), args.model)
+def settle_config(args: TrainingArgs, config: Any, state: dict | None, train_base: CocoDetection) -> tuple[Any, dict[str, tuple]]:
+    """The model config of the run and the settings a resume changes (``{name: (before, after)}``).
+
+    A new run: ``config`` (an object or a mapping of fields of the family ``args.model``, default
+    ``deformable-detr``; None: the family's defaults) with the dataset's classes. A resumed run: the
+    checkpoint's config, which must be of the family asked for, equal ``config`` when one is given,
+    and have the dataset's class count; the training settings must match (``check_resume_settings``).
+    """
+    if state is None:
+        return _new_run_config(args, config, train_base.id2label), {}
+    where = f"--resume {state['path']!r}"
+    saved_model = state.get("train_args", {}).get("model")
+    if args.model is not None and saved_model is not None and family(args.model).detector_class is not family(saved_model).detector_class:
+        raise ValueError(f"{where}: the checkpoint is a {saved_model} run, this run asks for --model {args.model}; resume with --model {saved_model}")
+    saved = config_from_dict(state["config"])
+    if config is not None:
+        wanted = _config_object(family(args.model or family_of(saved).name), config, saved.id2label)
+        diff = _config_difference(wanted.to_dict(), saved.to_dict())
+        if diff:
+            raise ValueError(f"{where}: the checkpoint's model config differs from the one asked for: " + "; ".join(diff))
+    if saved.num_labels != train_base.num_classes:
+        raise ValueError(f"{where}: the checkpoint has {saved.num_labels} classes but {args.data!r} has {train_base.num_classes}")
+    return saved, check_resume_settings(args, state)
+
+
+def _new_run_config(args: TrainingArgs, config: Any, id2label: dict[int, str]) -> Any:
+    chosen = family(args.model or (family_of(config).name if config is not None and not isinstance(config, Mapping) else DEFAULT_FAMILY))
+    return _config_object(chosen, config, id2label)
+
+
+def _config_object(chosen: Family, config: Any, id2label: dict[int, str]) -> Any:
+    """``config`` (None, a mapping of fields or a config object of ``chosen``) with the classes ``id2label``;
+    the classes are set before the config is checked, so no setting is compared with another class count."""
+    classes = {"num_labels": len(id2label), "id2label": dict(id2label), "label2id": {name: index for index, name in id2label.items()}}
+    if config is None:
+        return chosen.config_class.from_dict({**chosen.defaults, **classes})
+    if isinstance(config, Mapping):
+        return chosen.config_class.from_dict({**chosen.defaults, **config, **classes})
+    if not isinstance(config, chosen.config_class):
+        raise TypeError(f"config must be a {chosen.config_class.__name__} (the config of --model {chosen.name}) or a mapping of its fields, got {type(config).__name__}")
+    return config.copy(**classes)
+
+
+def build_model(args: TrainingArgs, config: Any, resumed: bool, device: torch.device) -> torch.nn.Module:
+    """A fresh detector of ``args.model``'s family from ``config``, seeded with ``args.seed`` (the same
+    weights on every process), its stem trainable if asked, on ``device``. A resumed run never looks
+    for ImageNet backbone weights (the checkpoint supplies every weight)."""
+    seed_everything(args.seed)
+    model = build_detector(config.copy(use_pretrained_backbone=False) if resumed else config, args.model)
     if args.train_backbone_stem:
         for name, param in model.named_parameters():
             if any(key in name for key in BACKBONE_NAMES):
                 param.requires_grad_(True)
-    model.to(info.device)
+    return model.to(device)
 
+
+def build_optimization(args: TrainingArgs, model: torch.nn.Module, device: torch.device) -> Optimization:
+    """AdamW over the recipe's parameter groups (:func:`build_param_groups`), the step decay of the
+    learning rate every ``args.lr_drop`` epochs, and mixed precision as ``args.amp`` asks."""
     optimizer = torch.optim.AdamW(
         build_param_groups(model, args.lr, args.lr_backbone, args.lr_linear_proj_mult), lr=args.lr, weight_decay=args.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, args.lr_drop)) if args.lr_drop > 0 else None
-    autocast_dtype = resolve_autocast(args.amp, info.device)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16)
+    autocast_dtype = resolve_autocast(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    return Optimization(optimizer, scheduler, scaler, autocast_dtype)
 
-    start_epoch, step = 0, 0
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise ValueError(f"--resume {state['path']!r}: weights do not fit the model: {err}") from err
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as err:
-            raise ValueError(f"--resume {state['path']!r}: optimizer state does not fit this run's parameters: {err}") from err
-        if scheduler is not None and state.get("lr_scheduler") is not None:
-            scheduler.load_state_dict(state["lr_scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        if changed.keys() & {"lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "lr_drop"}:
-            _apply_rate_changes(optimizer, scheduler, args, start_epoch)
-        _log(info, f"resumed from {state['path']} at epoch {start_epoch}, step {step}")
-        for name, (before, after) in changed.items():
-            _log(info, f"resume: {name} changed from {before!r} to {after!r} (allowed by allow_change)")
-        if info.is_main:
-            reconcile_metrics(out, state)
 
+def restore_run(state: dict, model: torch.nn.Module, optimization: Optimization, args: TrainingArgs,
+                changed: dict[str, tuple], info: DistInfo) -> tuple[int, int]:
+    """Put a training state into the model and the optimization, apply the allowed rate changes, and
+    (rank 0) make the metrics files agree with it. Returns ``(epoch, step)`` to continue from."""
+    where = f"--resume {state['path']!r}"
+    optimizer, scheduler, scaler, _ = optimization
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{where}: weights do not fit the model: {err}") from err
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as err:
+        raise ValueError(f"{where}: optimizer state does not fit this run's parameters: {err}") from err
+    if scheduler is not None and state.get("lr_scheduler") is not None:
+        scheduler.load_state_dict(state["lr_scheduler"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    epoch, step = int(state["epoch"]), int(state["step"])
+    if changed.keys() & {"lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "lr_drop"}:
+        _apply_rate_changes(optimizer, scheduler, args, epoch)
+    _log(info, f"resumed from {state['path']} at epoch {epoch}, step {step}")
+    for name, (before, after) in changed.items():
+        _log(info, f"resume: {name} changed from {before!r} to {after!r} (allowed by allow_change)")
+    if info.is_main:
+        reconcile_metrics(args.out, state)
+    return epoch, step
+
+
+def build_train_loader(args: TrainingArgs, train_base: CocoDetection, info: DistInfo) -> tuple[AugmentedDataset, DistributedSampler, DataLoader]:
+    """The augmented training set (multi-scale recipe, or a fixed resize), this process's sampler and the loader."""
     if args.multiscale:
         transforms = train_transforms(**recipe_for_size(args.image_size, args.max_size), flip=args.flip)
     else:
-
         steps = ([RandomHorizontalFlip()] if args.flip else []) + [RandomResize([args.image_size], args.max_size), ToNormalizedTensor()]
         transforms = Compose(steps)
     train_set = AugmentedDataset(train_base, transforms, args.seed)
@@ -692,108 +805,213 @@ def train(args: TrainingArgs, config=None) -> dict:
         drop_last=len(train_set) // info.world_size >= args.batch_size,
         persistent_workers=False,
     )
+    return train_set, sampler, loader
 
-    net: torch.nn.Module = model
-    if info.enabled:
-        device_ids = [info.local_rank] if info.device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=args.find_unused_parameters)
 
-    processor = make_processor(args.image_size, args.max_size)
-    evaluation: dict | None = state.get("evaluation") if state is not None else None
-    if info.is_main:
-        record = {"train_args": _plain_args(args), "world_size": info.world_size}
-        with naming_write_errors(out / "train_args.json"):
-            (out / "train_args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+def wrap_parallel(model: torch.nn.Module, args: TrainingArgs, info: DistInfo) -> torch.nn.Module:
+    """``model`` in ``DistributedDataParallel`` when several processes train, else ``model`` itself."""
+    if not info.enabled:
+        return model
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=args.find_unused_parameters)
+
+
+def write_run_record(args: TrainingArgs, info: DistInfo) -> None:
+    """(rank 0) ``train_args.json``: this run's settings and its number of processes."""
+    if not info.is_main:
+        return
+    path = Path(args.out) / TRAIN_ARGS_FILE
+    record = {"train_args": _plain_args(args), "world_size": info.world_size}
+    with naming_write_errors(path):
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def start_random_streams(state: dict | None, args: TrainingArgs, info: DistInfo) -> None:
+    """Restore a resumed run's random states; a new run seeds ``args.seed + rank`` (dropout differs per
+    process, the data order comes from the sampler)."""
     if state is not None:
         _set_rng_state(state["rng"])
     else:
-        seed_everything(args.seed + info.rank)  # dropout differs per process, data order comes from the sampler
+        seed_everything(args.seed + info.rank)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    metrics: dict[str, float] | None = None
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        net.train()
-        started = time.time()
-        sums: dict[str, float] = {}
-        count = 0
-        total = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
-        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not (args.progress and info.is_main), dynamic_ncols=True)
-        for batch_index, batch in enumerate(loader):
-            if batch_index >= total:
-                break
-            pixel_values = batch["pixel_values"].to(info.device, non_blocking=True)
-            pixel_mask = batch["pixel_mask"].to(info.device, non_blocking=True)
-            labels = [{"class_labels": t["class_labels"].to(info.device), "boxes": t["boxes"].to(info.device)} for t in batch["labels"]]
-            with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                outputs = net(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
-            loss = outputs.loss
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: stopping (the last checkpoint in {str(out)!r} is intact)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_max_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, args.clip_max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            count += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for key, value in (outputs.loss_dict or {}).items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            bar.update(1)
-        bar.close()
-        lr_now = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        averages = _all_mean({key: value / max(count, 1) for key, value in sums.items()}, info)
-        line = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_time_s": round(time.time() - started, 2)}
-        line.update({f"train_{key}": round(value, 6) for key, value in averages.items()})
 
-        evaluated = False
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            metrics, summary, _ = evaluate(net, val_set, processor, info, args.eval_batch_size, autocast_dtype, args.progress)
-            evaluated = True
+def train_one_epoch(parts: RunParts, args: TrainingArgs, info: DistInfo, epoch: int, step: int) -> tuple[int, dict, float]:
+    """One epoch of optimizer steps (at most ``args.max_steps_per_epoch``).
+
+    Returns ``(step, line, loss)``: the global step after it, the epoch's ``metrics.jsonl`` line
+    (epoch, step, lr, time, the mean of every loss term across processes) and the mean loss.
+    Raises :class:`TrainingDiverged` on a non-finite loss or weights.
+    """
+    optimizer, scheduler, scaler, autocast_dtype = parts.optimization
+    params = [p for p in parts.model.parameters() if p.requires_grad]
+    parts.sampler.set_epoch(epoch)
+    parts.train_set.set_epoch(epoch)
+    parts.net.train()
+    started = time.time()
+    sums: dict[str, float] = {}
+    count = 0
+    total = len(parts.loader) if args.max_steps_per_epoch is None else min(len(parts.loader), args.max_steps_per_epoch)
+    bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not (args.progress and info.is_main), dynamic_ncols=True)
+    for batch_index, batch in enumerate(parts.loader):
+        if batch_index >= total:
+            break
+        outputs = _forward(parts, args, batch, info.device, autocast_dtype, epoch, step)
+        loss = outputs.loss
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: {_what_is_kept(args)}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_max_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, args.clip_max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        count += 1
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for key, value in (outputs.loss_dict or {}).items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.update(1)
+    bar.close()
+    lr_now = optimizer.param_groups[0]["lr"]
+    if scheduler is not None:
+        scheduler.step()
+    averages = _all_mean({key: value / max(count, 1) for key, value in sums.items()}, info)
+    line = {"epoch": epoch + 1, "step": step, "lr": lr_now, "train_time_s": round(time.time() - started, 2)}
+    line.update({f"train_{key}": round(value, 6) for key, value in averages.items()})
+    return step, line, averages.get("loss", float("nan"))
+
+
+def _forward(parts: RunParts, args: TrainingArgs, batch: dict, device: torch.device, autocast_dtype: torch.dtype | None, epoch: int, step: int) -> Any:
+    """The model's outputs (with its loss) for one batch. A model whose weights are no longer finite
+    can fail inside its loss (no matching exists for NaN boxes): that is :class:`TrainingDiverged` too."""
+    pixel_values = batch["pixel_values"].to(device, non_blocking=True)
+    pixel_mask = batch["pixel_mask"].to(device, non_blocking=True)
+    labels = [{"class_labels": t["class_labels"].to(device), "boxes": t["boxes"].to(device)} for t in batch["labels"]]
+    try:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return parts.net(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+    except ValueError as err:
+        broken = non_finite_weights(parts.model)
+        if not broken:
+            raise
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise TrainingDiverged(
+            f"weights are NaN or infinite ({shown}) at epoch {epoch + 1}, step {step + 1}, so the loss is undefined ({err}): {_what_is_kept(args)}"
+        ) from err
+
+
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
+    """Names of ``model``'s floating-point parameters that hold a NaN or an infinity."""
+    return [name for name, param in model.named_parameters() if param.is_floating_point() and not bool(torch.isfinite(param).all())]
+
+
+def _what_is_kept(args: TrainingArgs) -> str:
+    """The end of a divergence message: the checkpoint that is intact, or that none was written yet."""
+    state = Path(args.out) / STATE_FILE
+    if state.is_file():
+        return f"stopping (the last checkpoint, {str(state)!r}, is intact)"
+    if args.resume:
+        return f"stopping before this run wrote a checkpoint in {args.out!r}; the run it resumed, {args.resume!r}, is untouched"
+    return f"stopping before the first checkpoint (there is none in {args.out!r}; it is written at the end of every epoch)"
+
+
+def evaluate_epoch(parts: RunParts, args: TrainingArgs, info: DistInfo, line: dict) -> dict[str, float] | None:
+    """COCO metrics on the validation split (rank 0; None elsewhere), also added to the epoch's ``line``."""
+    metrics, _, _ = evaluate(parts.net, parts.val_set, parts.processor, info, args.eval_batch_size,
+                             parts.optimization.autocast_dtype, args.progress)
+    if info.is_main:
+        line.update({key: round(value, 6) for key, value in metrics.items()})
+    return metrics
+
+
+def save_checkpoint(parts: RunParts, args: TrainingArgs, epoch: int, step: int, line: dict, evaluation: dict | None, evaluated: bool) -> None:
+    """(rank 0) Save the epoch: the training state first (with this epoch's records), then what it lets
+    :func:`recover_run_dir` and :func:`reconcile_metrics` redo after a crash: the model folder, the
+    ``metrics.jsonl`` line, and ``metrics.json`` when the epoch was evaluated."""
+    out = Path(args.out)
+    optimizer, scheduler, scaler, _ = parts.optimization
+    atomic_torch_save(
+        {
+            "format": STATE_FORMAT,
+            "model": parts.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "config": parts.config.to_dict(),
+            "train_args": _plain_args(args),
+            "rng": _rng_state(),
+            "metrics_line": line,
+            "evaluation": evaluation,
+        },
+        out / STATE_FILE,
+    )
+    export_model(parts.model, parts.processor, out / MODEL_DIR)
+    with naming_write_errors(out / METRICS_LINES), open(out / METRICS_LINES, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+    if evaluated:
+        with naming_write_errors(out / "metrics.json"):
+            write_metrics(out / "metrics.json", evaluation)
+
+
+def _epoch_summary(args: TrainingArgs, epoch: int, step: int, line: dict, loss: float) -> str:
+    shown = f"epoch {epoch + 1}/{args.epochs} step {step} loss {loss:.4f} lr {line['lr']:.2e}"
+    if "AP" in line:
+        shown += f" | AP {line['AP']:.3f} AP50 {line['AP50']:.3f}"
+    return shown
+
+
+# ------------------------------------------------------------------------------------------ train
+def train(args: TrainingArgs, config: Any = None) -> dict:
+    """Train (or resume) a detector of the family ``args.model`` as described by ``args`` and ``config``.
+
+    The steps: claim the run folder (:func:`claim_run_folder`), read the datasets, settle the model
+    config, build the model, the optimizer and the data loader, restore a resumed run, then for every
+    epoch train, evaluate when due, and save the checkpoint.
+
+    Args:
+        args: the run's hyper-parameters and paths.
+        config: the model config of a new run: a config object of the family, or a mapping of its
+            fields (its classes are set from the dataset's categories either way); None: the family's
+            defaults. When resuming, the checkpoint's config is used and a different ``config`` raises.
+
+    Returns:
+        ``{"epoch", "step", "metrics", "out", "rank", "model"}``: the last COCO metrics (rank 0 only,
+        else None), the output folder, this process's rank and its trained model.
+    """
+    args.validate()
+    info = init_distributed(args.device)
+    out = Path(args.out)
+    with claim_run_folder(args, info):
+        train_base, val_set = read_datasets(args)
+        state = load_training_state(args.resume) if args.resume else None
+        config, changed = settle_config(args, config, state, train_base)
+        model = build_model(args, config, resumed=state is not None, device=info.device)
+        optimization = build_optimization(args, model, info.device)
+        start_epoch, step = 0, 0
+        if state is not None:
+            start_epoch, step = restore_run(state, model, optimization, args, changed, info)
+        train_set, sampler, loader = build_train_loader(args, train_base, info)
+        net = wrap_parallel(model, args, info)
+        processor = make_processor(args.image_size, args.max_size)
+        write_run_record(args, info)
+        start_random_streams(state, args, info)
+
+        parts = RunParts(model, net, optimization, loader, sampler, train_set, val_set, processor, config)
+        evaluation: dict | None = state.get("evaluation") if state is not None else None
+        metrics: dict[str, float] | None = None
+        for epoch in range(start_epoch, args.epochs):
+            step, line, loss = train_one_epoch(parts, args, info, epoch, step)
+            evaluated = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
+            if evaluated:
+                metrics = evaluate_epoch(parts, args, info, line)
+                if info.is_main:
+                    evaluation = {**metrics, "epoch": epoch + 1, "step": step, "split": args.val_split}
             if info.is_main:
-                line.update({key: round(value, 6) for key, value in metrics.items()})
-
-        if info.is_main:
-            if evaluated:
-                evaluation = {**metrics, "epoch": epoch + 1, "step": step, "split": args.val_split}
-            # order: the state (with this epoch's records) first, then what it lets recover_run_dir and
-            # reconcile_metrics redo after a crash: the model folder, the metrics files
-            atomic_torch_save(
-                {
-                    "format": STATE_FORMAT,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "config": config.to_dict(),
-                    "train_args": _plain_args(args),
-                    "rng": _rng_state(),
-                    "metrics_line": line,
-                    "evaluation": evaluation,
-                },
-                out / STATE_FILE,
-            )
-            export_model(model, processor, out / MODEL_DIR)
-            with naming_write_errors(out / METRICS_LINES), open(out / METRICS_LINES, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(line) + "\n")
-            if evaluated:
-                with naming_write_errors(out / "metrics.json"):
-                    write_metrics(out / "metrics.json", evaluation)
-            shown = f"epoch {epoch + 1}/{args.epochs} step {step} loss {averages.get('loss', float('nan')):.4f} lr {lr_now:.2e}"
-            if "AP" in line:
-                shown += f" | AP {line['AP']:.3f} AP50 {line['AP50']:.3f}"
-            _log(info, shown)
-        _barrier(info)
-
+                save_checkpoint(parts, args, epoch, step, line, evaluation, evaluated)
+                _log(info, _epoch_summary(args, epoch, step, line, loss))
+            _barrier(info)
     return {"epoch": max(start_epoch, args.epochs), "step": step, "metrics": metrics, "out": str(out), "rank": info.rank, "model": model}
