@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,7 +76,7 @@ def _resolve(target: str, source: str) -> list[Family]:
 def _as_families(value: Any, source: str) -> list[Family]:
     if callable(value) and not isinstance(value, (Family, type)):
         value = value()
-    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    values = [value] if isinstance(value, Family) or not isinstance(value, (tuple, list)) else list(value)
     return [check_family(item, source) for item in values]
 
 
@@ -133,6 +134,15 @@ def family_of(config_or_dict: Any) -> Family:
         if entry.detector_class.__name__ in architectures:
             return entry
     model_type = data.get("model_type", "deformable_detr")
+    unknown = [name for name in architectures if not str(name).endswith("Model")]
+    if unknown:
+        warnings.warn(
+            f"the config was written by {', '.join(map(str, unknown))}, which no installed family provides "
+            f"({', '.join(f.name for f in known)}); it loads as the first family of model_type {model_type!r}. "
+            f"Install the package that provides it to load it as it was trained",
+            UserWarning,
+            stacklevel=2,
+        )
     if not isinstance(config_or_dict, Mapping):
         for entry in known:
             if type(config_or_dict) is entry.config_class:
