@@ -45,6 +45,7 @@ from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPick
 from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
 from models.data.coco import CocoDetection, resolve_split
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.progress import describe_run, progress_bar, progress_iterable
 from models.engine.run_folder import (
     METRICS_LINES,
     STATE_FILE,
@@ -585,7 +586,7 @@ def evaluate(
     """
 
     indices = list(range(info.rank, len(dataset), info.world_size))
-    bar = (lambda it: tqdm(it, desc="eval", leave=False, dynamic_ncols=True)) if (progress and info.is_main) else None
+    bar = (lambda it: progress_iterable(it, "eval")) if (progress and info.is_main) else None
     records = predict_dataset(_unwrap(model), processor, dataset, indices, batch_size, info.device, autocast_dtype, bar)
     if info.enabled:
         gathered: list[list[dict] | None] = [None] * info.world_size
@@ -851,7 +852,7 @@ def train_one_epoch(parts: RunParts, args: TrainingArgs, info: DistInfo, epoch: 
     sums: dict[str, float] = {}
     count = 0
     total = len(parts.loader) if args.max_steps_per_epoch is None else min(len(parts.loader), args.max_steps_per_epoch)
-    bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not (args.progress and info.is_main), dynamic_ncols=True)
+    bar = progress_bar(total, f"epoch {epoch + 1}/{args.epochs}", enabled=args.progress and info.is_main)  # plain lines into logs
     for batch_index, batch in enumerate(parts.loader):
         if batch_index >= total:
             break
@@ -995,6 +996,8 @@ def train(args: TrainingArgs, config: Any = None) -> dict:
         if state is not None:
             start_epoch, step = restore_run(state, model, optimization, args, changed, info)
         train_set, sampler, loader = build_train_loader(args, train_base, info)
+        steps = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
+        _log(info, describe_run(args, model, train_base, val_set, steps, info.device, info.world_size))
         net = wrap_parallel(model, args, info)
         processor = make_processor(args.image_size, args.max_size)
         write_run_record(args, info)
