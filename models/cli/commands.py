@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from models.cli.checks import check_nms
 from models.cli.demo import run_demo
@@ -26,6 +25,7 @@ from models.cli.presets import DEMO_DATA_SEED, DEMO_DINO_CONFIG, DEMO_MODEL_CONF
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.progress import progress_iterable
 from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
 from models.registry import family
 
@@ -156,7 +156,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             )
         try:
             detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
-                                         progress=lambda it: tqdm(it, desc="eval", dynamic_ncols=True), nms_threshold=check_nms(ns.nms))
+                                         progress=lambda it: progress_iterable(it, "eval"), nms_threshold=check_nms(ns.nms))
         except (FileNotFoundError, ValueError) as err:
             if is_user_os_error(err) and getattr(err, "filename", None):
                 raise
