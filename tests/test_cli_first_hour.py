@@ -241,3 +241,51 @@ def test_the_readme_states_what_the_demo_prints(tmp_path, capsys):
     assert stated, "the README's demo paragraph moved; update this test"
     assert main(["demo", "--out", str(tmp_path / "demo"), "--num-images", "0"]) == 0
     assert f"mAP@0.5 = {stated.group(1)} " in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- train's log output
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_training_log_is_a_summary_and_a_few_plain_lines(tmp_path, capsys):
+    from models.cli.presets import DEMO_SPEC
+    from models.data.synthetic import write_synthetic_coco
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    write_synthetic_coco(data, {"train": 8, "val": 2}, DEMO_SPEC, seed=3)
+    argv = ["train", "--data", str(data), "--out", str(out), "--preset", "demo", "--epochs", "2", "--max-steps-per-epoch", "2",
+            "--batch-size", "4", "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()  # neither stream is a terminal here, as in `train > log 2>&1`
+    log = captured.out + captured.err
+    assert "\r" not in log and "\x1b" not in log  # no bar redrawn in place
+    lines = log.splitlines()
+    summary = lines[: lines.index(next(line for line in lines if line.startswith("plan:"))) + 1]
+    assert summary[0] == f"data:   {data} (train 8 images, val 2 images; 3 classes)"
+    assert re.fullmatch(r"model:  deformable-detr, \d+\.\d\d M parameters", summary[1])
+    assert "device: cpu" in summary and f"output: {out}" in summary
+    assert summary[-1] == "plan:   2 epochs x 2 steps, batch 4"
+    epoch_lines = [line for line in lines if re.match(r"epoch \d/2: 2/2 \(100%\), loss \d", line)]
+    assert len(epoch_lines) == 2
+    assert len(lines) < 20 and len(log) < 2000
+
+
+def test_plain_progress_prints_at_most_one_line_per_interval_and_one_at_the_end(capsys):
+    import io
+
+    from models.engine.progress import PlainProgress, progress_bar
+
+    stream = io.StringIO()
+    assert isinstance(progress_bar(100, "epoch 1/1", stream=stream), PlainProgress)
+    quiet = PlainProgress(100, "slow", stream, interval_s=3600)
+    for _ in range(100):
+        quiet.update(1)
+    quiet.close()
+    quiet.close()
+    chatty = PlainProgress(3, "fast", stream, interval_s=1e-9)
+    chatty.set_postfix(loss="0.5")
+    for _ in range(3):
+        chatty.update(1)
+    chatty.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["slow: 100/100 (100%)", "fast: 1/3 (33%)", "fast: 2/3 (67%)", "fast: 3/3 (100%)",
+                                                      "fast: 3/3 (100%)"]
+    assert all(", loss 0.5, " in line for line in lines[1:])
