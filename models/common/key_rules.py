@@ -74,6 +74,39 @@ def original_arg(args: Any, name: str, default: Any) -> Any:
     return args.get(name, default) if isinstance(args, Mapping) else getattr(args, name, default)
 
 
+# The training arguments both original repositories (Deformable DETR's and DINO's main.py) name
+# alike: argument → (config field, type). The repositories differ only in their defaults.
+SHARED_ORIGINAL_ARGS: dict[str, tuple[str, type]] = {
+    "backbone": ("backbone", str),
+    "hidden_dim": ("d_model", int),
+    "num_queries": ("num_queries", int),
+    "enc_layers": ("encoder_layers", int),
+    "dec_layers": ("decoder_layers", int),
+    "enc_n_points": ("encoder_n_points", int),
+    "dec_n_points": ("decoder_n_points", int),
+    "dropout": ("dropout", float),
+    "aux_loss": ("auxiliary_loss", bool),
+    "set_cost_class": ("class_cost", float),
+    "set_cost_bbox": ("bbox_cost", float),
+    "set_cost_giou": ("giou_cost", float),
+    "bbox_loss_coef": ("bbox_loss_coefficient", float),
+    "giou_loss_coef": ("giou_loss_coefficient", float),
+    "focal_alpha": ("focal_alpha", float),
+}
+
+
+def shared_original_fields(args: Any, defaults: Mapping[str, Any], num_labels: int) -> dict[str, Any]:
+    """Config fields from the arguments in ``SHARED_ORIGINAL_ARGS`` plus ``nheads`` and
+    ``dim_feedforward`` (encoder and decoder alike), with the repository's ``defaults`` by argument
+    name; ``num_labels`` from the class head; never ImageNet backbone weights (the file has them)."""
+    fields = {field: kind(original_arg(args, name, defaults[name])) for name, (field, kind) in SHARED_ORIGINAL_ARGS.items()}
+    heads = int(original_arg(args, "nheads", defaults["nheads"]))
+    ffn = int(original_arg(args, "dim_feedforward", defaults["dim_feedforward"]))
+    fields.update(encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn)
+    fields.update(use_pretrained_backbone=False, num_labels=num_labels)
+    return fields
+
+
 def original_num_labels(state_dict: Mapping[str, torch.Tensor]) -> int:
     """Number of classes of an original-repository (or converted) state dict, from its class head."""
     for key in ("class_embed.0.weight", "class_embed.weight"):

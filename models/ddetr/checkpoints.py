@@ -21,7 +21,7 @@ import torch
 
 from models.backbones.hf_resnet import hf_resnet_key_to_torchvision, torchvision_key_to_hf_resnet
 from models.common.key_rules import original_arg as _arg
-from models.common.key_rules import rename_state_dict
+from models.common.key_rules import rename_state_dict, shared_original_fields
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.variant_table import VARIANT_SWITCHES
 
@@ -59,6 +59,19 @@ _HF_DECODER_ALIAS = re.compile(r"^model\.decoder\.(class_embed|bbox_embed)\.(.*)
 
 
 # ------------------------------------------------------------------------------- original repo
+# The original repository's defaults (main.py) of the arguments both repositories share.
+_ORIGINAL_DEFAULTS = {
+    "backbone": "resnet50", "hidden_dim": 256, "num_queries": 300, "enc_layers": 6, "dec_layers": 6, "enc_n_points": 4,
+    "dec_n_points": 4, "dropout": 0.1, "aux_loss": True, "set_cost_class": 2, "set_cost_bbox": 5, "set_cost_giou": 2,
+    "bbox_loss_coef": 5, "giou_loss_coef": 2, "focal_alpha": 0.25, "nheads": 8, "dim_feedforward": 1024,
+}
+# H-Deformable-DETR's arguments, named as our config fields (absent from plain Deformable DETR runs: off)
+_HYBRID_ARGS: dict[str, tuple[type, Any]] = {
+    "num_queries_one2many": (int, 0), "k_one2many": (int, 6), "lambda_one2many": (float, 1.0),
+    "mixed_selection": (bool, False), "look_forward_twice": (bool, False),
+}
+
+
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an original-repository state dict to our (= Hugging Face) key layout.
 
@@ -80,32 +93,12 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
         num_labels: classes of the class head (read from its weight's shape).
         overrides: config fields that win over ``args``.
     """
+    values = shared_original_fields(args, _ORIGINAL_DEFAULTS, num_labels)
     position = _arg(args, "position_embedding", "sine")
-    values: dict[str, Any] = {
-        "backbone": _arg(args, "backbone", "resnet50"),
-        "position_embedding_type": "learned" if position in ("v3", "learned") else "sine",
-        "encoder_n_points": int(_arg(args, "enc_n_points", 4)),
-        "decoder_n_points": int(_arg(args, "dec_n_points", 4)),
-        "d_model": int(_arg(args, "hidden_dim", 256)),
-        "num_queries": int(_arg(args, "num_queries", 300)),
-        "two_stage_num_proposals": int(_arg(args, "num_queries", 300)),
-        "encoder_layers": int(_arg(args, "enc_layers", 6)),
-        "decoder_layers": int(_arg(args, "dec_layers", 6)),
-        "encoder_ffn_dim": int(_arg(args, "dim_feedforward", 1024)),
-        "decoder_ffn_dim": int(_arg(args, "dim_feedforward", 1024)),
-        "encoder_attention_heads": int(_arg(args, "nheads", 8)),
-        "decoder_attention_heads": int(_arg(args, "nheads", 8)),
-        "dropout": float(_arg(args, "dropout", 0.1)),
-        "auxiliary_loss": bool(_arg(args, "aux_loss", True)),
-        "class_cost": float(_arg(args, "set_cost_class", 2)),
-        "bbox_cost": float(_arg(args, "set_cost_bbox", 5)),
-        "giou_cost": float(_arg(args, "set_cost_giou", 2)),
-        "bbox_loss_coefficient": float(_arg(args, "bbox_loss_coef", 5)),
-        "giou_loss_coefficient": float(_arg(args, "giou_loss_coef", 2)),
-        "focal_alpha": float(_arg(args, "focal_alpha", 0.25)),
-        "use_pretrained_backbone": False,
-        "num_labels": num_labels,
-    }
+    values["position_embedding_type"] = "learned" if position in ("v3", "learned") else "sine"
+    # H-Deformable-DETR's runs name the one-to-one queries num_queries_one2one
+    values["num_queries"] = values["two_stage_num_proposals"] = int(_arg(args, "num_queries_one2one", values["num_queries"]))
+    values.update({field: kind(_arg(args, field, default)) for field, (kind, default) in _HYBRID_ARGS.items()})
     # the variant switches, named as in the variant table (the original args use the same names)
     defaults = DeformableDetrConfig(use_pretrained_backbone=False)
     values.update({name: type(getattr(defaults, name))(_arg(args, name, getattr(defaults, name))) for name in VARIANT_SWITCHES})

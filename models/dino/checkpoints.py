@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from models.common.key_rules import original_arg as _arg
-from models.common.key_rules import rename_state_dict
+from models.common.key_rules import rename_state_dict, shared_original_fields
 from models.dino.config import DinoConfig
 
 _LAYER = r"^transformer\.{part}\.layers\.(\d+)\."
@@ -63,6 +63,14 @@ _IMPLEMENTED: dict[str, Any] = {
 }
 
 
+# DINO's defaults (config/DINO/DINO_4scale.py) of the arguments both repositories share.
+_ORIGINAL_DEFAULTS = {
+    "backbone": "resnet50", "hidden_dim": 256, "num_queries": 900, "enc_layers": 6, "dec_layers": 6, "enc_n_points": 4,
+    "dec_n_points": 4, "dropout": 0.0, "aux_loss": True, "set_cost_class": 2.0, "set_cost_bbox": 5.0, "set_cost_giou": 2.0,
+    "bbox_loss_coef": 5.0, "giou_loss_coef": 2.0, "focal_alpha": 0.25, "nheads": 8, "dim_feedforward": 2048,
+}
+
+
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an original DINO state dict to our key layout; returns (renamed, keys matching no rule)."""
     return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ALIASES, in_proj=_IN_PROJ)
@@ -78,24 +86,11 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
         unsupported.append("pe_temperatureH != pe_temperatureW")
     if unsupported:
         raise ValueError(f"the checkpoint's args use options this DINO does not implement: {', '.join(unsupported)}")
-    heads = int(_arg(args, "nheads", 8))
-    ffn = int(_arg(args, "dim_feedforward", 2048))
-    values: dict[str, Any] = {
-        "backbone": _arg(args, "backbone", "resnet50"),
+    values = shared_original_fields(args, _ORIGINAL_DEFAULTS, num_labels)
+    values.update({
         "backbone_out_indices": [int(index) + 1 for index in _arg(args, "return_interm_indices", [1, 2, 3])],
         "dilation": bool(_arg(args, "dilation", False)),
-        "d_model": int(_arg(args, "hidden_dim", 256)),
-        "num_queries": int(_arg(args, "num_queries", 900)),
         "num_feature_levels": int(_arg(args, "num_feature_levels", 4)),
-        "encoder_layers": int(_arg(args, "enc_layers", 6)),
-        "decoder_layers": int(_arg(args, "dec_layers", 6)),
-        "encoder_attention_heads": heads,
-        "decoder_attention_heads": heads,
-        "encoder_ffn_dim": ffn,
-        "decoder_ffn_dim": ffn,
-        "encoder_n_points": int(_arg(args, "enc_n_points", 4)),
-        "decoder_n_points": int(_arg(args, "dec_n_points", 4)),
-        "dropout": float(_arg(args, "dropout", 0.0)),
         "activation_function": _arg(args, "transformer_activation", "relu"),
         "position_embedding_temperature": float(_arg(args, "pe_temperatureH", 20)),
         "dec_pred_class_embed_share": bool(_arg(args, "dec_pred_class_embed_share", True)),
@@ -106,17 +101,8 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
         "dn_label_noise_ratio": float(_arg(args, "dn_label_noise_ratio", 0.5)),
         "dn_box_noise_scale": float(_arg(args, "dn_box_noise_scale", 0.4)),
         "dn_labelbook_size": int(_arg(args, "dn_labelbook_size", num_labels)),
-        "class_cost": float(_arg(args, "set_cost_class", 2.0)),
-        "bbox_cost": float(_arg(args, "set_cost_bbox", 5.0)),
-        "giou_cost": float(_arg(args, "set_cost_giou", 2.0)),
         "class_loss_coefficient": float(_arg(args, "cls_loss_coef", 1.0)),
-        "bbox_loss_coefficient": float(_arg(args, "bbox_loss_coef", 5.0)),
-        "giou_loss_coefficient": float(_arg(args, "giou_loss_coef", 2.0)),
         "interm_loss_coefficient": float(_arg(args, "interm_loss_coef", 1.0)),
-        "focal_alpha": float(_arg(args, "focal_alpha", 0.25)),
-        "auxiliary_loss": bool(_arg(args, "aux_loss", True)),
-        "use_pretrained_backbone": False,
-        "num_labels": num_labels,
-    }
+    })
     values.update(overrides)
     return DinoConfig(**values)
