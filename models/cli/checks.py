@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from models.cli.errors import CliError
+from models.engine.devices import check_device_name
 
 # command -> {argparse dest: smallest allowed value}
 MINIMUMS: dict[str, dict[str, int]] = {
@@ -49,3 +50,8 @@ def check_options(ns: argparse.Namespace) -> None:
         raise CliError(f"--threshold must be in [0, 1], got {ns.threshold}")
     if hasattr(ns, "nms"):
         check_nms(ns.nms)
+    if getattr(ns, "device", None) is not None:
+        try:
+            check_device_name(ns.device, "--device")
+        except ValueError as err:
+            raise CliError(str(err)) from None

@@ -21,11 +21,13 @@ from models.cli.demo import run_demo
 from models.cli.detect import check_detect_inputs, detect_images
 from models.cli.errors import CliError, Interrupted, RunStopped, check_output_dir, is_user_os_error, read_json_file
 from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_family, model_overrides, read_config_file, resolve_device
+from models.cli.outputs import claimed_output
 from models.cli.presets import DEMO_DATA_SEED, DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
 from models.engine.progress import progress_iterable
+from models.engine.run_folder import OutputConflict, check_apart_from_inputs, dataset_tree
 from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
 from models.registry import family
 
@@ -34,7 +36,7 @@ _TRAIN_FLAGS = (
     "epochs", "lr_drop", "lr", "lr_backbone", "lr_linear_proj_mult", "weight_decay", "clip_max_norm", "batch_size",
     "eval_batch_size", "num_workers", "seed", "image_size", "max_size", "flip", "multiscale", "amp", "device", "resume",
     "eval_every", "max_steps_per_epoch", "train_split", "val_split", "progress", "train_backbone_stem",
-    "find_unused_parameters", "allow_change",
+    "find_unused_parameters", "allow_change", "overwrite",
 )
 
 
@@ -48,19 +50,21 @@ def _set_threads(threads: int | None) -> None:
 # -------------------------------------------------------------------------------------- commands
 def cmd_detect(ns: argparse.Namespace) -> int:
     paths = check_detect_inputs(ns.images, ns.threshold, ns.top_k, ns.batch_size)  # before the model is loaded
-    check_output_dir(ns.out)
-    device = resolve_device(ns.device)
-    model, processor = load_detector(ns.checkpoint, ns, device)
-    out = Path(ns.out)
-    results = detect_images(model, processor, paths, out, ns.threshold, ns.top_k, device, batch_size=ns.batch_size,
-                            nms_threshold=check_nms(ns.nms))
+    with claimed_output(ns.out, "detect", images=paths, checkpoint=ns.checkpoint) as out:
+        device = resolve_device(ns.device)
+        model, processor = load_detector(ns.checkpoint, ns, device)
+        results = detect_images(model, processor, paths, out, ns.threshold, ns.top_k, device, batch_size=ns.batch_size,
+                                nms_threshold=check_nms(ns.nms))
     total = sum(r.count for r in results)
     print(f"{len(results)} image(s), {total} detection(s); wrote {len(results)} annotated PNG + JSON pair(s) to {out}")
     return 0
 
 
 def build_train_setup(ns: argparse.Namespace):
-    """(TrainingArgs, config) from the train command's flags, preset and model family (``--model``)."""
+    """(TrainingArgs, config) from the train command's flags, preset and model family (``--model``).
+
+    The config's classes are a placeholder: ``train`` sets the dataset's before it checks the config
+    again. Explicit settings win over the preset's (flags over ``--config`` over the preset)."""
     chosen = family(model_family(ns))
     train_values = dict(DEMO_TRAIN_ARGS) if ns.preset == "demo" else dict(chosen.recipe)
     for name in _TRAIN_FLAGS:
@@ -82,11 +86,14 @@ def build_train_setup(ns: argparse.Namespace):
         base.update(read_config_file(ns.config, config_class=chosen.config_class))
     base.update(model_overrides(ns))
     base.setdefault("use_pretrained_backbone", False)
+    if "num_labels" not in base and "id2label" not in base:
+        base["num_labels"] = 1  # train() sets the dataset's classes; until then no setting is checked against 91 classes
     try:
         config = chosen.config_class.from_dict(base)
     except (ValueError, TypeError) as err:
         raise CliError(f"model config: {err}") from err
-    if ns.preset != "demo" and not ns.resume and not config.use_pretrained_backbone and str(config.backbone).startswith("resnet"):
+    preset_backbone = DEMO_MODEL_CONFIG["backbone"] if ns.preset == "demo" else None
+    if config.backbone != preset_backbone and not ns.resume and not config.use_pretrained_backbone and str(config.backbone).startswith("resnet"):
         warnings.warn(
             f"the {config.backbone} backbone starts from random weights (no --pretrained-backbone): the paper's recipe "
             "assumes ImageNet weights and needs many more epochs without them; add --pretrained-backbone "
@@ -103,6 +110,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
     args, config = build_train_setup(ns)
     if ns.resume and not ns.config and not model_overrides(ns):
         config = None  # no model flags on the command line: continue with the checkpoint's own model
+    try:
+        check_apart_from_inputs(args.out, read_trees=[dataset_tree(args.data)])  # before check_output_dir creates it
+    except OutputConflict as err:
+        raise CliError(str(err)) from None
     check_output_dir(args.out)
     started = time.time()
     try:
@@ -137,36 +148,36 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
     check_eval_dataset(dataset, ns.split)
-    out = check_output_dir(ns.out)  # before any prediction
-    extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
-    if ns.predictions:
-        detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")
-        try:
+    with claimed_output(ns.out, "eval", checkpoint=ns.checkpoint, data=ns.data) as out:  # before any prediction
+        extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
+        if ns.predictions:
+            detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")
+            try:
+                metrics, summary = coco_metrics(dataset.coco, detections)
+            except ValueError as err:
+                raise CliError(str(err)) from err
+            extra["predictions"] = ns.predictions
+        else:
+            device = resolve_device(ns.device)
+            model, processor = load_detector(ns.checkpoint, ns, device)
+            if model.config.num_labels != dataset.num_classes:
+                raise CliError(
+                    f"--checkpoint {ns.checkpoint!r} predicts {model.config.num_labels} classes but {str(ann_file)!r} "
+                    f"has {dataset.num_classes} categories"
+                )
+            try:
+                detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
+                                             progress=lambda it: progress_iterable(it, "eval"), nms_threshold=check_nms(ns.nms))
+            except (FileNotFoundError, ValueError) as err:
+                if is_user_os_error(err) and getattr(err, "filename", None):
+                    raise
+                raise CliError(str(err)) from err
             metrics, summary = coco_metrics(dataset.coco, detections)
-        except ValueError as err:
-            raise CliError(str(err)) from err
-        extra["predictions"] = ns.predictions
-    else:
-        device = resolve_device(ns.device)
-        model, processor = load_detector(ns.checkpoint, ns, device)
-        if model.config.num_labels != dataset.num_classes:
-            raise CliError(
-                f"--checkpoint {ns.checkpoint!r} predicts {model.config.num_labels} classes but {str(ann_file)!r} "
-                f"has {dataset.num_classes} categories"
-            )
-        try:
-            detections = predict_dataset(model, processor, dataset, batch_size=ns.batch_size, device=device,
-                                         progress=lambda it: progress_iterable(it, "eval"), nms_threshold=check_nms(ns.nms))
-        except (FileNotFoundError, ValueError) as err:
-            if is_user_os_error(err) and getattr(err, "filename", None):
-                raise
-            raise CliError(str(err)) from err
-        metrics, summary = coco_metrics(dataset.coco, detections)
-        extra["checkpoint"] = ns.checkpoint
-        extra["nms_threshold"] = check_nms(ns.nms)
-        with naming_write_errors(out / "detections.json"):
-            (out / "detections.json").write_text(json.dumps(detections))
-    write_metrics(out / "metrics.json", metrics, extra)
+            extra["checkpoint"] = ns.checkpoint
+            extra["nms_threshold"] = check_nms(ns.nms)
+            with naming_write_errors(out / "detections.json"):
+                (out / "detections.json").write_text(json.dumps(detections))
+        write_metrics(out / "metrics.json", metrics, extra)
     print(summary, end="")
     print(f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  AP75 {metrics['AP75']:.4f}  -> {out / 'metrics.json'}")
     return 0
@@ -180,7 +191,6 @@ def cmd_make_data(ns: argparse.Namespace) -> int:
             raise CliError(f"{flag} must be >= 0, got {value}")
     if ns.image_size is not None and ns.image_size < 1:
         raise CliError(f"--image-size must be >= 1, got {ns.image_size}")
-    check_output_dir(ns.out)
     changes = {}
     if ns.image_size is not None:
         changes["image_size"] = (ns.image_size, ns.image_size)
@@ -200,7 +210,8 @@ def cmd_make_data(ns: argparse.Namespace) -> int:
         splits["test"] = ns.test
     seed = DEMO_DATA_SEED if ns.seed is None else ns.seed
     started = time.time()
-    written = write_synthetic_coco(ns.out, splits, spec, seed)
+    with claimed_output(ns.out, "make-data", allowed="dataset" if ns.overwrite else None):
+        written = write_synthetic_coco(ns.out, splits, spec, seed)
     for split, (images_dir, ann) in written.items():
         print(f"{split}: {splits[split]} images in {images_dir}, annotations {ann}")
     print(f"done in {time.time() - started:.1f} s")
@@ -210,7 +221,8 @@ def cmd_make_data(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
 
     _set_threads(ns.threads)
-    return run_demo(ns)
+    with claimed_output(ns.out, "demo", checkpoint=ns.checkpoint):
+        return run_demo(ns)
 
 
 COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "make-data": cmd_make_data}

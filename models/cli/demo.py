@@ -55,6 +55,11 @@ def run_demo(ns) -> int:
     if ns.num_images < 0:
         raise CliError(f"--num-images must be >= 0, got {ns.num_images}")
     nms = check_nms(getattr(ns, "nms", DEMO_NMS_IOU))
+    if ns.train and ns.checkpoint:
+        raise CliError(f"--train trains a new detector and --checkpoint {ns.checkpoint!r} names one to use: give one of them")
+    for flag, value in (("--epochs", ns.epochs), ("--overwrite", getattr(ns, "overwrite", False) or None)):
+        if value is not None and not ns.train:
+            raise CliError(f"{flag} applies to the detector --train trains; without --train it would be ignored")
     check_output_dir(out)  # before any data or model work
     splits = {DEMO_TEST_SPLIT: test_images}
     if ns.train:
@@ -69,7 +74,8 @@ def run_demo(ns) -> int:
             values["lr_drop"] = max(1, round(ns.epochs * DEMO_TRAIN_ARGS["lr_drop"] / DEMO_TRAIN_ARGS["epochs"]))
         run_dir = out / "training"
         print(f"[2/4] training the demo detector ({values['epochs']} epochs) -> {run_dir}")
-        train(TrainingArgs(data=str(data_dir), out=str(run_dir), **values), DeformableDetrConfig(**DEMO_MODEL_CONFIG))
+        run = TrainingArgs(data=str(data_dir), out=str(run_dir), overwrite=bool(getattr(ns, "overwrite", False)), **values)
+        train(run, DeformableDetrConfig(**DEMO_MODEL_CONFIG))
         checkpoint = run_dir / MODEL_DIR
     else:
         checkpoint = Path(ns.checkpoint) if ns.checkpoint and ns.checkpoint != DEMO_CHECKPOINT_NAME else CHECKPOINT_DIR

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from models.cli.errors import CliError, read_json_file
-from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, read_original_checkpoint
+from models.common.checkpoint_files import CheckpointMismatchError, CorruptCheckpointError, UnfitWeightsError, UntrustedPickleError, read_original_checkpoint
 from models.common.hub import looks_like_repo_id, resolve_file
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
@@ -194,6 +194,20 @@ def _config_with_head_classes(config: DeformableDetrConfig, given: dict[str, Any
     return config.copy(num_labels=head_classes)
 
 
+def _warn_size_overrides(processor: Any, image_size: int | None, max_size: int | None, path: str) -> None:
+    """Warn when ``--image-size``/``--max-size`` differ from the checkpoint's ``preprocessor_config.json``
+    (the flags win: explicit settings override, but never silently)."""
+    if processor is None:
+        return
+    saved = {"--image-size": processor.size.get("shortest_edge"), "--max-size": processor.size.get("longest_edge")}
+    given = {"--image-size": image_size, "--max-size": max_size}
+    differ = [f"{flag} {given[flag]} (the checkpoint's: {saved[flag]})" for flag in saved
+              if given[flag] is not None and saved[flag] is not None and given[flag] != saved[flag]]
+    if differ:
+        warnings.warn(f"--checkpoint {path!r}: {', '.join(differ)} override its preprocessor_config.json; the model was "
+                      "trained at the checkpoint's size, so detections may be worse", stacklevel=3)
+
+
 def hub_snapshot(repo_id: str) -> Path:
     """The local folder of a Hugging Face Hub repo's files (``config.json``, the weights and, when the
     repo has one, ``preprocessor_config.json``), fetched into or read from the ``huggingface_hub``
@@ -251,6 +265,7 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             config = config_from_dict(state["config"]).copy(use_pretrained_backbone=False)
             found = family(state["train_args"].get("model") or family_of(config).name)
             _check_family_flag(ns, found, path)
+            _check_variant_flag(ns, found, config, path)
             model = build_detector(config, found.name)
             model.load_state_dict(state["model"])
             model.eval()
@@ -281,6 +296,11 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
         ) from err
     except CorruptCheckpointError as err:
         raise CliError(f"--checkpoint {path!r}: {err}") from err
+    except UnfitWeightsError as err:
+        raise CliError(f"--checkpoint {path!r}: cannot load it: {err}") from err
+    except CheckpointMismatchError as err:  # its message without the Python-only strict=False
+        settings = " (give the checkpoint's own settings: --config JSON, --variant or the model flags)" if source.is_file() else ""
+        raise CliError(f"--checkpoint {path!r}: cannot load it: {err.message}{settings}") from err
     except (ValueError, RuntimeError, KeyError, OSError) as err:
         hint = ""
         if source.is_file() and source.name != STATE_FILE:
@@ -294,6 +314,7 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             "will be poor: pass --image-size and --max-size",
             stacklevel=2,
         )
+    _warn_size_overrides(processor, image_size, max_size, path)
     if processor is None or image_size is not None or max_size is not None:
         base = processor.size if processor is not None else {"shortest_edge": 800, "longest_edge": 1333}
         short = image_size if image_size is not None else base.get("shortest_edge", 800)

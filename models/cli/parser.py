@@ -167,6 +167,8 @@ def _add_train(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), help="mixed precision (auto: on for GPUs)")
     t.add_argument("--device", help="cpu, cuda or auto (default)")
     t.add_argument("--resume", metavar="PATH", help="training_state.pt (or the output folder holding it) to continue from")
+    t.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in --out: its files are moved into OUT/replaced-<time>/ (without it, such an --out is refused)")
     t.add_argument("--eval-every", type=int, help="evaluate every N epochs (default 1)")
     t.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke tests)")
     t.add_argument("--train-split", help="default train")
@@ -212,6 +214,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold of the drawn detections (default 0.3)")
     _add_nms_flag(p, default=DEMO_NMS_IOU)
     p.add_argument("--epochs", type=int, help="with --train: epochs (default: the demo recipe's)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --train: replace a training run already in OUT/training (moved into OUT/training/replaced-<time>/)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", default="auto")
     return p
@@ -231,6 +235,7 @@ def _add_make_data(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help=f"square image side in pixels (default: the preset's, {DEMO_SPEC.image_size[1]} for demo, {SyntheticSpec().image_size[1]} for default)")
     p.add_argument("--classes", nargs="+", help="shape names: circle square triangle cross ring diamond")
     p.add_argument("--max-objects", type=int)
+    p.add_argument("--overwrite", action="store_true", help="write over a dataset already in --out (without it, such an --out is refused)")
     return p
 
 

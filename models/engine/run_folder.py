@@ -88,6 +88,11 @@ def describe_run(folder: str | os.PathLike) -> str:
     return f"a training run ({done} of {planned if planned is not None else '?'} epochs done)"
 
 
+def dataset_tree(data: str | os.PathLike) -> tuple[str, str | os.PathLike]:
+    """The ``read_trees`` entry of a dataset folder ``--data`` (for :func:`check_apart_from_inputs`)."""
+    return (f"the dataset --data {str(data)!r}", data)
+
+
 def _same_or_inside(path: Path, folder: Path) -> bool:
     path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
     return path == folder or folder in path.parents
@@ -309,25 +314,3 @@ def _acquire(path: Path, command: str | None, flag: str) -> int:
             raise
     raise FolderInUse(f"{flag} {str(path.parent)!r}: its lock file {str(path)!r} keeps changing; another command is starting there")
 
-
-@contextlib.contextmanager
-def claim_output(
-    out: str | os.PathLike,
-    command: str,
-    *,
-    read_folders: Sequence[tuple[str, str | os.PathLike]] = (),
-    read_trees: Sequence[tuple[str, str | os.PathLike]] = (),
-    allowed: str | None = None,
-    flag: str = "--out",
-) -> Iterator[Path]:
-    """The whole rule for a command's output folder, for the block: ``out`` is apart from the inputs
-    (:func:`check_apart_from_inputs`), holds nothing the command may not write over
-    (:func:`check_output_folder`), exists, and is locked against other writers (:func:`folder_lock`).
-    Yields ``out`` as a ``Path``; raises ``OutputConflict`` (``FolderInUse``) naming both sides."""
-    check_apart_from_inputs(out, read_folders=read_folders, read_trees=read_trees, flag=flag)
-    check_output_folder(out, command, allowed=allowed, flag=flag)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    with folder_lock(folder, flag=flag):
-        check_output_folder(folder, command, allowed=allowed, flag=flag)  # again, now that no other writer can start
-        yield folder

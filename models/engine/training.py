@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from models.common.checkpoint_files import CorruptCheckpointError, UntrustedPickleError, torch_load_file
 from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
 from models.data.coco import CocoDetection, resolve_split
+from models.engine.devices import check_device_name
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
 from models.engine.progress import describe_run, progress_bar, progress_iterable
 from models.engine.run_folder import (
@@ -52,6 +53,7 @@ from models.engine.run_folder import (
     TRAIN_ARGS_FILE,
     check_apart_from_inputs,
     check_run_folder,
+    dataset_tree,
     folder_lock,
     move_run_aside,
 )
@@ -145,17 +147,6 @@ class TrainingArgs:
 
 
 # ------------------------------------------------------------------------------------ distributed
-DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
-
-
-def check_device_name(name: str, flag: str = "--device") -> str:
-    """``name`` when it names a device this library runs on (:data:`DEVICE_NAMES`); ``ValueError``
-    naming ``flag`` and the valid values otherwise (whether that device is present is checked later)."""
-    if isinstance(name, str) and (name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name)):
-        return name
-    raise ValueError(f"{flag} must be one of {DEVICE_NAMES}, got {name!r}")
-
-
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -643,7 +634,7 @@ def claim_run_folder(args: TrainingArgs, info: DistInfo) -> Iterator[None]:
         refusal: Exception | None = None
         if info.is_main:
             try:
-                check_apart_from_inputs(out, read_trees=[(f"the dataset --data {args.data!r}", args.data)])
+                check_apart_from_inputs(out, read_trees=[dataset_tree(args.data)])
                 _prepare_out_dir(out)
                 stack.enter_context(folder_lock(out))
                 check_run_folder(out, args.resume, args.overwrite)
