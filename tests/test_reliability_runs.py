@@ -271,3 +271,33 @@ def test_a_blocked_pickle_payload_is_named_as_such_not_as_corrupt(tmp_path):
     with pytest.raises(ValueError, match=r"holds Python objects \((posix|nt)\.system\).*could run code") as info:
         load_training_state(state)
     assert "corrupt" not in str(info.value)
+
+
+_DDP_WORKER = """
+import sys, json, torch
+torch.set_num_threads(1)
+from models import DeformableDetrConfig
+from models.engine.training import TrainingArgs, train
+args = TrainingArgs(data=sys.argv[2], out=sys.argv[3], epochs=1, max_steps_per_epoch=1, batch_size=2, eval_batch_size=2,
+                    num_workers=0, image_size=48, max_size=48, progress=False, multiscale=False)
+try:
+    train(args, DeformableDetrConfig(**json.loads(sys.argv[1])))
+except ValueError as err:
+    print("refused:", err)
+    sys.exit(3)
+"""
+
+
+def test_under_torchrun_every_rank_stops_on_rank_0s_refusal(tiny_config, data, tmp_path):
+    """Rank 0 alone checks and locks the run folder; the other ranks learn its refusal instead of waiting for it."""
+    out = tmp_path / "run"
+    train(_args(data, out), DeformableDetrConfig(**tiny_config))
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               json.dumps(tiny_config), str(data), str(out)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stdout.count("refused:") == 2 and done.stdout.count("holds a training run (finished: 1 of 1 epochs)") == 2, done.stdout + done.stderr[-2000:]
+    assert _epochs(out) == [1]
