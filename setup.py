@@ -49,6 +49,7 @@ setup(
             "accelerate",
             "ruff==0.17.6",
         ],
+        "hf": ["transformers>=4.57", "huggingface_hub"],  # msda.integrations.hf, Trainer, Hub repo ids
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["deformable-detr=models.cli.main:main"]},
