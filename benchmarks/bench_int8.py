@@ -19,7 +19,11 @@ engines; the median of ``--repeats`` is reported.
 
     python -m benchmarks.bench_int8 [--threads 2] [--repeats 5] [--only r50|demo]
 
-Writes the "int8_speed" section of docs/benchmarks/int8.md.
+To measure an AVX2 machine on a newer one, restrict PyTorch's kernels and oneDNN before Python starts:
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.bench_int8`` (inductor follows
+``ATEN_CPU_CAPABILITY``; ONNX Runtime has no such switch and keeps using what the CPU has).
+
+Writes the "int8_speed" section of docs/benchmarks/int8.md ("int8_speed_avx2" ... when restricted).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def onnx_sessions(checkpoint: str, inputs: tuple[torch.Tensor, torch.Tensor], ca
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     model = DeformableDetrForObjectDetection.from_pretrained(checkpoint, disable_custom_kernels=True).eval()
+    os.makedirs(scratch, exist_ok=True)
     fp32_path, pre_path, int8_path = (os.path.join(scratch, name) for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -182,15 +187,17 @@ def main() -> None:
             reference.save_pretrained(r50_dir)
             inputs = (torch.randn(1, 3, 800, 1066), torch.ones(1, 800, 1066, dtype=torch.long))
             calibration = [{"pixel_values": torch.randn(1, 3, 800, 1066), "pixel_mask": inputs[1]} for _ in range(2)]
-            results["R50, 800x1066"] = bench_detector("r50", r50_dir, inputs, calibration, reference, args.repeats, args.threads, os.path.join(scratch, "onnx_r50") + "_")
+            results["R50, 800x1066"] = bench_detector("r50", r50_dir, inputs, calibration, reference, args.repeats, args.threads, os.path.join(scratch, "onnx_r50"))
         if args.only in (None, "demo"):
             inputs = (torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.long))
             calibration = [{"pixel_values": torch.randn(4, 3, 64, 64), "pixel_mask": torch.ones(4, 64, 64, dtype=torch.long)} for _ in range(2)]
-            results["demo, 64x64"] = bench_detector("demo", str(CHECKPOINT_DIR), inputs, calibration, None, args.repeats * 20, args.threads, os.path.join(scratch, "onnx_demo") + "_")
+            results["demo, 64x64"] = bench_detector("demo", str(CHECKPOINT_DIR), inputs, calibration, None, args.repeats * 20, args.threads, os.path.join(scratch, "onnx_demo"))
 
+    restricted = {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(name)}
+    section = "_".join(["int8_speed", *(value.lower() for value in restricted.values())])
     engines = ("ours fp32", "ours fp32 compiled", "ours int8", "transformers fp32", "ORT fp32", "ORT int8")
     lines = [
-        "## Speed: float32 vs int8 on CPU (`python -m benchmarks.bench_int8`)",
+        "## Speed: float32 vs int8 on CPU (`" + " ".join([*(f"{k}={v}" for k, v in restricted.items()), "python -m benchmarks.bench_int8"]) + "`)",
         "",
         f"Machine: {machine_description()}; ISA {isa_summary()}; {os.cpu_count()} CPUs shared with other jobs. "
         f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}. "
@@ -205,7 +212,7 @@ def main() -> None:
     for detector, (_, _, int8_profile, fp32_profile) in results.items():
         lines += ["", f"Where the time goes, {detector}, ours int8 (one profiled run):", "", int8_profile,
                   "", "and ours fp32:", "", fp32_profile]
-    write_section("int8_speed", "\n".join(lines), Path(args.out))
+    write_section(section, "\n".join(lines), Path(args.out))
     print(f"wrote {args.out}")
 
 

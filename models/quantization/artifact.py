@@ -63,7 +63,7 @@ def save_quantized(detector: QuantizedDetector, directory: str | os.PathLike, pr
     directory.mkdir(parents=True, exist_ok=True)
     import torchao
 
-    example = model_inputs(torch.zeros(2, 3, *detector.canvas))  # 2: a batch of 1 would pin the batch size
+    example = model_inputs(torch.zeros(1, 3, *detector.canvas))
     torch.export.save(export_detector(detector.graph, example), directory / PROGRAM_FILE)
     config = detector.config.to_dict()
     config["quantization"] = {

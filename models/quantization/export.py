@@ -52,6 +52,8 @@ def dynamic_shapes() -> tuple[dict[int, torch.export.Dim], dict[int, torch.expor
 
 def export_detector(module: torch.nn.Module, example: Batch, dynamic: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` of ``module`` (an :class:`OutputFields`, or a quantized graph of one) on ``example``."""
+    if dynamic and example.pixel_values.shape[0] == 1:  # a batch of 1 would pin the batch size
+        example = Batch(example.pixel_values.expand(2, -1, -1, -1), example.pixel_mask.expand(2, -1, -1))
     with torch.no_grad():
         program = torch.export.export(module, (example.pixel_values, example.pixel_mask), dynamic_shapes=dynamic_shapes() if dynamic else None)
     # functional ops only (``add_`` -> ``add``): the quantizer's conv + add + relu patterns need them
