@@ -20,7 +20,8 @@ from detr_blocks.decoder import DeformableDecoder, DeformableDecoderOutput
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderOutput
 from models.backbones import BackboneWithPositions
 from models.common.attentions import record_attentions
-from models.common.multi_scale import MultiScaleFeatures, check_pixels, multi_scale_features
+from models.common.layers import encoder_stack
+from models.common.multi_scale import MultiScaleFeatures, check_pixels, input_projections, multi_scale_features
 from models.common.outputs import resolve_output_flags
 from models.common.query_groups import MATCHING, GroupQueries, QueryBlock, QueryGroup, QueryLayout, check_groups, self_attention_mask
 
@@ -279,6 +280,7 @@ class DeformableTransformerModel(nn.Module):
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -286,6 +288,9 @@ class DeformableTransformerModel(nn.Module):
         """Args:
             pixel_values: ``[B, C, H, W]`` normalized images (padded to one size).
             pixel_mask: ``[B, H, W]``, 1 on real pixels and 0 on padding; None = no padding.
+            labels: training targets (``{"class_labels", "boxes"}`` per image), for query groups
+                built from them (denoising, in training); unused otherwise. Keyword use is
+                recommended: ``transformers``' bare model has other arguments in this position.
             output_hidden_states: also return every encoder and decoder layer's input/output.
             output_attentions: also return the attention weights of every layer:
                 ``encoder_attentions`` ``[B, S, M, L, P]``, ``decoder_attentions`` ``[B, M, Q, Q]``
@@ -304,8 +309,22 @@ class DeformableTransformerModel(nn.Module):
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             getattr(self, "config", None), output_attentions, output_hidden_states, return_dict
         )
-        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, None, output_attentions))
+        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, labels, output_attentions))
         return output if return_dict else output.to_tuple()
+
+
+def standard_parts(config: Any, backbone: BackboneWithPositions) -> dict[str, Any]:
+    """The constructor arguments every family builds the same way from its config: ``input_proj``
+    (one projection per level), ``level_embed`` ``[L, C]`` (normal init), ``encoder`` and
+    ``num_channels``."""
+    level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
+    nn.init.normal_(level_embed)
+    return {
+        "input_proj": input_projections(backbone.conv_encoder.intermediate_channel_sizes, config.d_model, config.num_feature_levels),
+        "level_embed": level_embed,
+        "encoder": encoder_stack(config),
+        "num_channels": config.num_channels,
+    }
 
 
 def _compose(matching: SelectedQueries, made: list[tuple[QueryGroup, GroupQueries]]) -> tuple[SelectedQueries, QueryLayout]:

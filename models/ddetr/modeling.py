@@ -28,12 +28,11 @@ from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
-from models.common.deformable_transformer import DeformableTransformerModel
+from models.common.deformable_transformer import DeformableTransformerModel, standard_parts
 from models.common.denoising_group import DenoisingGroup
 from models.common.detector import QueryGroupDetector
 from models.common.key_rules import original_num_labels
-from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
-from models.common.multi_scale import input_projections
+from models.common.layers import box_head, class_head, decoder_layers
 from models.common.pretrained import OriginalFormat, TiedStateDictMixin
 from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import QueryGroup
@@ -142,16 +141,11 @@ class DeformableDetrModel(PretrainedMixin, DeformableTransformerModel):
             class_embed=class_embed if config.two_stage else None,
             refinement=_refinement(config),
         )
-        level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
-        nn.init.normal_(level_embed)
         super().__init__(
             backbone=backbone,
-            input_proj=input_projections(backbone.conv_encoder.intermediate_channel_sizes, config.d_model, config.num_feature_levels),
-            level_embed=level_embed,
-            encoder=encoder_stack(config),
+            **standard_parts(config, backbone),
             query_selection=query_selection,
             decoder=decoder,
-            num_channels=config.num_channels,
             output_class=DeformableDetrModelOutput,
             groups=_groups(config, query_selection) if groups is None else groups,
         )

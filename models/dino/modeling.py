@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
 from torch import nn
 
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderOutput
@@ -27,13 +26,12 @@ from detr_blocks.position_embedding import SinePositionEmbedding
 from detr_blocks.query_position import BoxQueryPosition
 from detr_blocks.refinement import LookForwardTwice
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
-from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries
+from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries, standard_parts
 from models.common.denoising_group import DenoisingGroup
 from models.common.detector import QueryGroupDetector
 from models.common.key_rules import original_num_labels
-from models.common.layers import box_head, class_head, decoder_layers, encoder_stack
-from models.common.multi_scale import MultiScaleFeatures, input_projections
-from models.common.outputs import resolve_output_flags
+from models.common.layers import box_head, class_head, decoder_layers
+from models.common.multi_scale import MultiScaleFeatures
 from models.common.pretrained import OriginalFormat, TiedStateDictMixin
 from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import QueryGroup, QueryLayout
@@ -116,16 +114,11 @@ class DinoModel(PretrainedMixin, DeformableTransformerModel):
         body = build_backbone_body(config) if backbone_body is None else backbone_body
         positions = SinePositionEmbedding(config.d_model // 2, temperature=config.position_embedding_temperature, normalize=True, offset=0.0)
         backbone = BackboneWithPositions(ConvEncoder(body), positions)
-        level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.d_model))
-        nn.init.normal_(level_embed)
         super().__init__(
             backbone=backbone,
-            input_proj=input_projections(backbone.conv_encoder.intermediate_channel_sizes, config.d_model, config.num_feature_levels),
-            level_embed=level_embed,
-            encoder=encoder_stack(config),
+            **standard_parts(config, backbone),
             query_selection=query_selection or MixedQuerySelection(config.num_queries, config.d_model, enc_class_head, enc_box_head),
             decoder=_decoder(config, bbox_embed),
-            num_channels=config.num_channels,
             output_class=DinoModelOutput,
             groups=[_denoising(config)] if groups is None else groups,
         )
@@ -143,20 +136,6 @@ class DinoModel(PretrainedMixin, DeformableTransformerModel):
         fields = super().output_fields(features, encoded, queries, decoded, layout)
         fields.update(enc_topk_logits=queries.proposal_logits, enc_topk_boxes=queries.proposal_boxes)
         return fields
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        pixel_mask: torch.Tensor | None = None,
-        labels: list[dict[str, torch.Tensor]] | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> DinoModelOutput | tuple:
-        """As ``DeformableTransformerModel.forward``; ``labels`` (training only) add denoising queries."""
-        output_attentions, output_hidden_states, return_dict = resolve_output_flags(self.config, output_attentions, output_hidden_states, return_dict)
-        output = self.output_class(**self.run_steps(pixel_values, pixel_mask, output_hidden_states, labels, output_attentions))
-        return output if return_dict else output.to_tuple()
 
 
 def _shared(first: nn.Module, count: int, shared: bool) -> nn.ModuleList:
