@@ -1,6 +1,8 @@
 """Docs are tested code: the ```python blocks of a markdown page run, and its ```bash blocks are read.
 
-- :func:`run_page` runs the ```python blocks of a page, in order, in one namespace.
+- :func:`run_page` runs the ```python blocks of a page, in order, in one namespace;
+  :func:`run_marked_blocks` only those marked ``<!-- doc-test: run -->`` (on pages that also show
+  listings with placeholder paths).
 - :func:`shell_blocks` gives the commands of the ```bash blocks (continuation lines joined, comments
   dropped, ``&&`` chains split, leading ``NAME=value`` settings kept apart), with the marker of the
   block: an HTML comment ``<!-- doc-test: WORDS -->`` on the line just before the fence (invisible
@@ -23,6 +25,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 _SHELL = re.compile(r"^(?:<!--\s*doc-test:\s*(?P<marker>[^>]*?)\s*-->[ \t]*\n)?```(?:bash|sh|shell)[ \t]*\n(?P<body>.*?)^```[ \t]*$",
                     re.MULTILINE | re.DOTALL)
+_MARKED_PYTHON = re.compile(r"^<!--\s*doc-test:\s*(?P<marker>[^>]*?)\s*-->[ \t]*\n```python[ \t]*\n(?P<body>.*?)^```[ \t]*$",
+                            re.MULTILINE | re.DOTALL)
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -42,6 +46,26 @@ def run_page(path: Path) -> dict:
             warnings.simplefilter("ignore")
             for index, code in enumerate(blocks):
                 exec(compile(code, f"{path}#block{index + 1}", "exec"), namespace)
+    finally:
+        torch.random.set_rng_state(state)
+    return namespace
+
+
+def marked_python_blocks(text: str, word: str = "run") -> list[str]:
+    """The bodies of the ```python blocks marked ``<!-- doc-test: ... word ... -->``, in order."""
+    return [m.group("body") for m in _MARKED_PYTHON.finditer(text) if word in m.group("marker").split()]
+
+
+def run_marked_blocks(path: Path, word: str = "run") -> dict:
+    """Execute the ```python blocks of ``path`` marked with ``word``, in order, in one namespace (warnings
+    are left to the caller, who may record them); return the namespace."""
+    blocks = marked_python_blocks(path.read_text(encoding="utf-8"), word)
+    assert blocks, f"{path.name} has no python block marked doc-test: {word}"
+    namespace: dict = {"__name__": f"docs_{path.stem}"}
+    state = torch.random.get_rng_state()
+    try:
+        for index, code in enumerate(blocks):
+            exec(compile(code, f"{path}#marked{index + 1}", "exec"), namespace)
     finally:
         torch.random.set_rng_state(state)
     return namespace
