@@ -198,3 +198,15 @@ def test_a_preset_backbone_changed_by_a_flag_still_warns_about_random_weights(tm
     with pytest.warns(UserWarning, match="resnet50 backbone starts from random weights"):
         build_train_setup(ns)
 
+
+
+def test_a_config_file_that_disagrees_with_a_checkpoint_folder_is_refused(tiny_checkpoint, tiny_config, photos, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"num_queries": 5, "d_model": tiny_config["d_model"]}))
+    argv = ["detect", str(photos / "a.png"), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--config", str(other)]) == 2
+    line = _one_error(capsys, "--config num_queries=5 (checkpoint: 8)")
+    assert "d_model" not in line  # the same value is no disagreement
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"num_queries": tiny_config["num_queries"]}))
+    assert main([*argv, "--config", str(same)]) == 0

@@ -173,8 +173,24 @@ def _check_variant_flag(ns: argparse.Namespace | None, found: Family, config: An
     wanted = model_overrides(argparse.Namespace(**{**vars(ns), "model": asked.name}))
     wanted.pop("use_pretrained_backbone", None)
     differ = [f"{name}={value!r} (checkpoint: {getattr(config, name, None)!r})" for name, value in wanted.items() if getattr(config, name, None) != value]
+    differ += _config_file_differences(ns, asked, config)
     if differ:
         raise CliError(f"--checkpoint {path!r}: its config.json sets the model; these flags disagree with it: {', '.join(differ)}; drop them")
+
+
+_FILE_KEYS = frozenset({"architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype", "model_type", "use_pretrained_backbone"})
+
+
+def _config_file_differences(ns: argparse.Namespace, asked: Family, config: Any) -> list[str]:
+    """The fields of ``--config`` whose values differ from the checkpoint's ``config`` (a checkpoint
+    that carries its own config ignores ``--config``, so a difference would be lost silently)."""
+    if not getattr(ns, "config", None):
+        return []
+    given = read_config_file(ns.config, config_class=asked.config_class)
+    current = config.to_dict()
+    merged = asked.config_class.from_dict({**current, **given}).to_dict()  # the file's values, normalised
+    return [f"--config {key}={merged[key]!r} (checkpoint: {current.get(key)!r})" for key in sorted(given)
+            if key not in _FILE_KEYS and key in merged and merged[key] != current.get(key)]
 
 
 def _config_with_head_classes(config: DeformableDetrConfig, given: dict[str, Any], head_classes: int,
