@@ -289,3 +289,25 @@ def test_plain_progress_prints_at_most_one_line_per_interval_and_one_at_the_end(
     assert [line.split(",")[0] for line in lines] == ["slow: 100/100 (100%)", "fast: 1/3 (33%)", "fast: 2/3 (67%)", "fast: 3/3 (100%)",
                                                       "fast: 3/3 (100%)"]
     assert all(", loss 0.5, " in line for line in lines[1:])
+
+
+# ---------------------------------------------------------------------------------- docs/cli.md
+def test_every_command_line_of_the_cli_page_parses():
+    from models.cli.parser import build_parser
+    from tests.doc_examples import DOCS, shell_blocks
+
+    commands = [c for block in shell_blocks((DOCS / "cli.md").read_text(encoding="utf-8")) for c in block.commands]
+    checked = 0
+    for command in commands:
+        argv = command.argv
+        if argv[0] == "torchrun":  # the installed command, never `-m models`
+            assert "--no-python" in argv and "-m" not in argv, command.line
+            argv = argv[argv.index("deformable-detr"):]
+        if argv[0] != "deformable-detr":
+            continue
+        try:
+            build_parser().parse_args(argv[1:])
+        except SystemExit as exit_info:
+            assert exit_info.code == 0, f"docs/cli.md line does not parse: {command.line}"
+        checked += 1
+    assert checked >= 15
