@@ -22,8 +22,9 @@ from models.common.query_groups import GroupLoss, GroupQueries, QueryGroup
 
 class SelectedQueriesGroup(QueryGroup):
     """``num_queries`` of the query selection's rows, supervised against the targets repeated
-    ``repeats`` times; terms ``<term>_<name>``; the group's total is ``weight`` × the criterion's
-    weighted total of those terms.
+    ``repeats`` times; terms ``<term>_<name>`` = ``weight`` × the criterion's term (as H-DETR reports
+    its one-to-many terms, λ included); the group's total is ``weight`` × the criterion's weighted
+    total.
 
     Args:
         name: loss suffix and ``group_outputs`` key.
@@ -55,7 +56,7 @@ class SelectedQueriesGroup(QueryGroup):
         """The criterion against the repeated targets (its own matching and box count)."""
         repeated = [{**t, "class_labels": t["class_labels"].repeat(self.repeats), "boxes": t["boxes"].repeat(self.repeats, 1)} for t in targets]
         total, terms = criterion(predictions, repeated)
-        return GroupLoss({f"{name}_{self.name}": value for name, value in terms.items()}, self.weight * total)
+        return GroupLoss({f"{name}_{self.name}": self.weight * value for name, value in terms.items()}, self.weight * total)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_queries={self.selected}, repeats={self.repeats}, weight={self.weight}"

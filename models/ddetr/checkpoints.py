@@ -67,7 +67,7 @@ _ORIGINAL_DEFAULTS = {
 }
 # H-Deformable-DETR's arguments, named as our config fields (absent from plain Deformable DETR runs: off)
 _HYBRID_ARGS: dict[str, tuple[type, Any]] = {
-    "num_queries_one2many": (int, 0), "k_one2many": (int, 6), "lambda_one2many": (float, 1.0),
+    "num_queries_one2many": (int, 0), "k_one2many": (int, 5), "lambda_one2many": (float, 1.0),
     "mixed_selection": (bool, False), "look_forward_twice": (bool, False),
 }
 
@@ -98,6 +98,7 @@ def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> D
     values["position_embedding_type"] = "learned" if position in ("v3", "learned") else "sine"
     # H-Deformable-DETR's runs name the one-to-one queries num_queries_one2one
     values["num_queries"] = values["two_stage_num_proposals"] = int(_arg(args, "num_queries_one2one", values["num_queries"]))
+    values["class_loss_coefficient"] = float(_arg(args, "cls_loss_coef", 2))
     values.update({field: kind(_arg(args, field, default)) for field, (kind, default) in _HYBRID_ARGS.items()})
     # the variant switches, named as in the variant table (the original args use the same names)
     defaults = DeformableDetrConfig(use_pretrained_backbone=False)

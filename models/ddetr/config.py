@@ -85,14 +85,17 @@ class DeformableDetrConfig(DetectionConfig):
         auxiliary_loss: add the losses of every decoder layer.
         position_embedding_type: ``"sine"`` or ``"learned"``.
         class_cost, bbox_cost, giou_cost: Hungarian matching weights.
-        bbox_loss_coefficient, giou_loss_coefficient, focal_alpha: loss weights (``loss_ce`` has
-            weight 1, as in transformers).
+        bbox_loss_coefficient, giou_loss_coefficient, focal_alpha: loss weights.
+        class_loss_coefficient: the weight of ``loss_ce`` (not in ``transformers``, whose loss
+            uses 1, the default here; the paper's code and H-Deformable-DETR use 2, and a
+            checkpoint of theirs loads with their value).
         two_stage, two_stage_num_proposals, with_box_refine: variant switches.
         disable_custom_kernels: run the pure-PyTorch attention (for ONNX export).
         num_queries_one2many, k_one2many, lambda_one2many: H-Deformable-DETR's hybrid matching
             (not in ``transformers``): ``num_queries_one2many > 0`` adds, in training only, that
             many queries matched against every target repeated ``k_one2many`` times, their loss
-            weighted by ``lambda_one2many`` (terms ``<name>_one2many``). Inference runs the
+            weighted by ``lambda_one2many`` (terms ``<name>_one2many``, λ included, as H-DETR
+            reports them; ``k_one2many`` may be 0 only without the branch). Inference runs the
             ``num_queries`` one-to-one queries only. Defaults 0 (off), 6, 1.0 (the paper's k and λ).
         mixed_selection: two-stage content queries from a learned table (H-DETR's switch; DINO's
             mixed query selection). Needs ``two_stage``.
@@ -158,6 +161,7 @@ class DeformableDetrConfig(DetectionConfig):
         dice_loss_coefficient: float = 1,
         bbox_loss_coefficient: float = 5,
         giou_loss_coefficient: float = 2,
+        class_loss_coefficient: float = 1,
         eos_coefficient: float = 0.1,
         focal_alpha: float = 0.25,
         disable_custom_kernels: bool = False,
@@ -230,6 +234,7 @@ class DeformableDetrConfig(DetectionConfig):
         self.dice_loss_coefficient = dice_loss_coefficient
         self.bbox_loss_coefficient = bbox_loss_coefficient
         self.giou_loss_coefficient = giou_loss_coefficient
+        self.class_loss_coefficient = class_loss_coefficient
         self.eos_coefficient = eos_coefficient
         self.focal_alpha = focal_alpha
         self.disable_custom_kernels = disable_custom_kernels
@@ -303,11 +308,13 @@ class DeformableDetrConfig(DetectionConfig):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the argument when a value or a combination is invalid."""
         self.validate_common()
-        check_positive_ints(self, ("two_stage_num_proposals", "max_position_embeddings", "k_one2many", "group_detr"))
-        check_positive_ints(self, ("num_queries_one2many", "dn_number"), minimum=0)
+        check_positive_ints(self, ("two_stage_num_proposals", "max_position_embeddings", "group_detr"))
+        check_positive_ints(self, ("num_queries_one2many", "k_one2many", "dn_number"), minimum=0)
+        if self.num_queries_one2many > 0 and self.k_one2many < 1:
+            raise ValueError(f"k_one2many must be >= 1 when num_queries_one2many > 0 (each target is repeated k times), got {self.k_one2many!r}")
         check_numbers(self, ("encoder_layerdrop", "dn_label_noise_ratio"), 0.0, 1.0)
         check_numbers(self, ("init_std", "init_xavier_std", "mask_loss_coefficient", "dice_loss_coefficient", "eos_coefficient",
-                             "lambda_one2many", "dn_box_noise_scale"))
+                             "lambda_one2many", "dn_box_noise_scale", "class_loss_coefficient"))
         check_bools(self, ("use_timm_backbone", "two_stage", "with_box_refine", "mixed_selection", "look_forward_twice"))
         if self.position_embedding_type not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding_type!r}")

@@ -169,7 +169,7 @@ def _heads(config: DeformableDetrConfig) -> tuple[nn.ModuleList, nn.ModuleList]:
 
 def _criterion(config: DeformableDetrConfig) -> SetCriterion:
     matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost, focal_alpha=config.focal_alpha)
-    weights = {"loss_ce": 1.0, "loss_bbox": float(config.bbox_loss_coefficient), "loss_giou": float(config.giou_loss_coefficient)}
+    weights = {"loss_ce": float(config.class_loss_coefficient), "loss_bbox": float(config.bbox_loss_coefficient), "loss_giou": float(config.giou_loss_coefficient)}
     return SetCriterion(config.num_labels, matcher, weight_dict=weights, focal_alpha=config.focal_alpha)
 
 
@@ -179,9 +179,9 @@ class DeformableDetrForObjectDetection(PretrainedMixin, TiedStateDictMixin, Quer
     ``class_embed`` and ``bbox_embed`` hold one head per decoder layer (plus one for two-stage
     proposals). Without box refinement all entries are the same module (one shared head, as in
     the paper); with refinement each layer has its own, and the decoder uses them to refine.
-    The loss weights are those of ``transformers`` (``loss_ce`` 1, ``loss_bbox``
-    ``bbox_loss_coefficient``, ``loss_giou`` ``giou_loss_coefficient``, the same for every ``_i``
-    auxiliary term); two-stage adds the paper's encoder-proposal terms (suffix ``_enc``), which
+    The loss weights are ``class_loss_coefficient`` (default 1, as ``transformers``),
+    ``bbox_loss_coefficient`` and ``giou_loss_coefficient``, the same for every ``_i`` auxiliary
+    term; two-stage adds the paper's encoder-proposal terms (suffix ``_enc``), which
     ``transformers`` leaves out; the groups add theirs (``_one2many``, ``_dn``, ``_group<g>``).
 
     ``state_dict()`` lists each shared tensor once (the layout ``save_pretrained`` writes), so
