@@ -108,3 +108,32 @@ def offline_hub(tmp_path, monkeypatch):
         shutil.copytree(folder, repo / "snapshots" / commit)
 
     return add
+
+
+# --- the narrow ResNet of the reference fixtures (tests/fixtures/dino, tests/fixtures/hdetr) -------
+def narrow_resnet_body(args: dict):
+    """The backbone of the original-code fixtures (``args["fixture_backbone"]`` of their args.json):
+    a torchvision Bottleneck ResNet with resnet50's module tree, one block per stage, stem ``w`` and
+    planes ``w·2^i``, as a ``ResNetBody`` returning the stages the original model used (DINO:
+    ``return_interm_indices``; Deformable DETR family: stages 2-4 when ``num_feature_levels > 1``,
+    else stage 4; ``dilation``: last stage dilated). A plain function, imported by the parity tests."""
+    from torch import nn
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from models.backbones import ResNetBody  # here, not at the top: conftest must not import msda first
+
+    width = int(args["fixture_backbone"]["stem_channels"])
+    dilation = bool(args.get("dilation", False))
+    network = ResNet(Bottleneck, [1, 1, 1, 1], norm_layer=nn.BatchNorm2d)
+    network.inplanes, network.dilation = width, 1
+    network.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    network.bn1 = nn.BatchNorm2d(width)
+    network.layer1 = network._make_layer(Bottleneck, width, 1)
+    for stage in (2, 3, 4):
+        layer = network._make_layer(Bottleneck, width * 2 ** (stage - 1), 1, stride=2, dilate=dilation and stage == 4)
+        setattr(network, f"layer{stage}", layer)
+    if "return_interm_indices" in args:
+        out_indices = [index + 1 for index in args["return_interm_indices"]]
+    else:
+        out_indices = [2, 3, 4] if args["num_feature_levels"] > 1 or args.get("masks") else [4]
+    return ResNetBody("resnet50", out_indices, 16 if dilation else 32, 3, network=network)

@@ -14,29 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
 
 from models import DinoConfig, DinoForObjectDetection
-from models.backbones import ResNetBody
+from tests.conftest import narrow_resnet_body
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dino"
 CONFIGS = sorted(path.name for path in FIXTURES.iterdir() if (path / "checkpoint.pth").is_file())
-
-
-def narrow_resnet_body(args: dict) -> ResNetBody:
-    """The fixtures' backbone: Bottleneck ResNet, one block per stage, stem ``w``, planes ``w·2^i``."""
-    spec = args["fixture_backbone"]
-    width = int(spec["stem_channels"])
-    network = ResNet(Bottleneck, [1, 1, 1, 1], norm_layer=nn.BatchNorm2d)
-    network.inplanes, network.dilation = width, 1
-    network.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-    network.bn1 = nn.BatchNorm2d(width)
-    network.layer1 = network._make_layer(Bottleneck, width, 1)
-    for stage in (2, 3, 4):
-        setattr(network, f"layer{stage}", network._make_layer(Bottleneck, width * 2 ** (stage - 1), 1, stride=2))
-    out_indices = [index + 1 for index in args["return_interm_indices"]]
-    return ResNetBody("resnet50", out_indices, 32, 3, network=network)
 
 
 def _load(name: str) -> tuple[DinoForObjectDetection, dict, dict]:
