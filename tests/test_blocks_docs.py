@@ -15,6 +15,19 @@ def test_custom_variant_doc_runs(capsys):
     assert "loss_ce_1" in capsys.readouterr().out
 
 
+def test_custom_variant_hybrid_builder(capsys):
+    """Part A: the user-written H-DETR trains, equals the built-in one and joins the registry."""
+    from models import registry
+
+    namespace = run_page(DOCS / "custom_variant.md")
+    out = capsys.readouterr().out
+    hybrid = namespace["hybrid_out"]
+    assert hybrid.logits.shape == (2, 10, 3) and hybrid.group_outputs["one2many"]["logits"].shape == (2, 40, 3)
+    assert {"loss_bbox_one2many", "loss_bbox_0_one2many"} <= set(hybrid.loss_dict)
+    assert "True" in out
+    assert registry.family("my-hybrid-detr").detector_class is namespace["HybridDeformableDetr"]
+
+
 def test_custom_variant_extension_examples(capsys):
     namespace = run_page(DOCS / "custom_variant.md")
     out = capsys.readouterr().out
