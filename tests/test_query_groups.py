@@ -156,3 +156,13 @@ def test_variants_save_and_load_back(tmp_path, factory, settings):
     pixel_values, pixel_mask, _ = _batch()
     with torch.no_grad():
         torch.testing.assert_close(again(pixel_values, pixel_mask).logits, model(pixel_values, pixel_mask).logits)
+
+
+def test_variants_page_runs(capsys):
+    from tests.doc_examples import DOCS, run_page
+
+    namespace = run_page(DOCS / "variants.md")
+    out = capsys.readouterr().out
+    assert namespace["out"].logits.shape == (2, 10, 3)
+    assert namespace["out"].group_outputs["one2many"]["pred_boxes"].shape == (2, 50, 4)
+    assert "['group1', 'group2']" in out and "loss_giou_dn" in out
