@@ -14,6 +14,7 @@ import argparse
 import difflib
 from collections.abc import Sequence
 from importlib import metadata
+from typing import NoReturn
 
 from models.cli.presets import DEMO_MODEL_CONFIG, DEMO_NMS_IOU, DEMO_SPEC, DEMO_TRAIN_ARGS
 from models.data.synthetic_spec import SyntheticSpec
@@ -30,6 +31,10 @@ class CommandParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the error on one line and where to read the options (not the whole usage)."""
+        self.exit(2, f"{self.prog}: error: {message}\n(see '{self.prog} --help')\n")
 
 
 def closest_flag(parser: argparse.ArgumentParser, given: str) -> str | None:
