@@ -82,6 +82,7 @@ def test_abbreviated_flags_are_refused_and_the_closest_flag_is_named(one_image, 
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "--thresh" in err and "did you mean --threshold?" in err
+    assert _error_lines(err) == [_error_lines(err)[0], "(see 'deformable-detr detect --help')"]  # no usage dump
 
 
 def test_unknown_flag_of_another_command_names_this_commands_closest(capsys):
