@@ -121,3 +121,54 @@ def test_trainer_fine_tunes_dino_and_the_checkpoint_loads_back(tmp_path):
     loaded = DinoForObjectDetection.from_pretrained(final)
     for name, tensor in resumed.model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor.cpu(), msg=name)
+
+
+def test_trainer_fine_tune_of_a_transformers_resnet_checkpoint_loads_whole_in_transformers(tmp_path):
+    """A ``transformers`` checkpoint whose backbone is transformers' own ResNet (``backbone_config``):
+    fine-tuned with ``Trainer`` and the documented callback, its checkpoint folder loads in
+    ``transformers`` with every backbone weight (same logits) and in ours, without copying files."""
+    from models.engine.hf_trainer import CheckpointConfigCallback, check_trainer_checkpoint
+
+    settings = dict(
+        use_timm_backbone=False, backbone=None, use_pretrained_backbone=False, num_feature_levels=2, d_model=32,
+        backbone_config=transformers.ResNetConfig(depths=[1, 1, 1, 1], layer_type="basic", hidden_sizes=[64, 128, 256, 512], out_features=["stage3", "stage4"]),
+        encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        num_queries=8, encoder_n_points=2, decoder_n_points=2, dropout=0.0, auxiliary_loss=True, id2label=dict(enumerate(SPEC.classes)),
+    )
+    torch.manual_seed(0)
+    reference = transformers.DeformableDetrForObjectDetection(transformers.DeformableDetrConfig(**settings))
+    reference.save_pretrained(tmp_path / "hf")
+    model = DeformableDetrForObjectDetection.from_pretrained(tmp_path / "hf").train()
+    assert any(key.startswith("model.backbone.conv_encoder.model.embedder.") for key in model.state_dict())  # transformers' names
+    processor = DeformableDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1, save_steps=1, learning_rate=1e-3,
+        remove_unused_columns=False, report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=SyntheticDetection("train", 2), data_collator=make_collate(processor),
+                                   callbacks=[CheckpointConfigCallback()])
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert (checkpoint / "config.json").is_file()  # written by the callback
+    theirs, info = transformers.DeformableDetrForObjectDetection.from_pretrained(checkpoint, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert not [key for key in info["missing_keys"] if "backbone" in key], info  # the backbone loads whole
+    ours = DeformableDetrForObjectDetection.from_pretrained(checkpoint)
+    batch = make_collate(processor)([SyntheticDetection("val", 2)[i] for i in range(2)])
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        expected = trained(batch["pixel_values"], batch["pixel_mask"]).logits
+        torch.testing.assert_close(theirs.eval()(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"]).logits, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours(batch["pixel_values"], batch["pixel_mask"]).logits, expected, atol=1e-4, rtol=1e-4)
+    # a truncated file is named before Trainer's resume would fail on it without a name
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        check_trainer_checkpoint(checkpoint)
+    optimizer = checkpoint / "optimizer.pt"
+    if optimizer.is_file():
+        weights.unlink()
+        (checkpoint / "pytorch_model.bin").write_bytes(b"")
+        optimizer.write_bytes(optimizer.read_bytes()[:100])
+        with pytest.raises(ValueError, match="(pytorch_model.bin|optimizer.pt)"):
+            check_trainer_checkpoint(checkpoint)

@@ -1,7 +1,10 @@
 """transformers' own ResNet (``use_timm_backbone=False`` checkpoints).
 
 It computes the same function as torchvision's (stride in the 3x3 convolution) under other
-parameter names: we build torchvision's network and rename the keys on load and save.
+parameter names: we build torchvision's network, and its state dict speaks transformers' names
+(``use_transformers_key_names``), so that every way of saving — ``save_pretrained``, a plain
+``state_dict()``, ``transformers.Trainer`` — writes a checkpoint ``transformers`` reads whole, and
+``load_state_dict`` takes either naming.
 """
 
 from __future__ import annotations
@@ -43,7 +46,30 @@ def resnet_from_transformers_config(config: Any) -> ResNetBody:
     name = "resnet50" if bottleneck else "resnet18"
     body = ResNetBody(name, config.out_indices, 32, int(settings["num_channels"]), pretrained=False,
                       network=torchvision.models.resnet.ResNet(block, list(settings["depths"])))
-    return freeze_stem(body)
+    return use_transformers_key_names(freeze_stem(body))
+
+
+def _to_transformers_names(module: Any, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        renamed = prefix + torchvision_key_to_hf_resnet(key[len(prefix):])
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
+
+
+def _from_transformers_names(module: Any, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        renamed = prefix + hf_resnet_key_to_torchvision(key[len(prefix):])
+        if renamed != key:
+            state_dict[renamed] = state_dict.pop(key)
+
+
+def use_transformers_key_names(body: Any) -> Any:
+    """Make ``body`` (a torchvision ResNet body) list its state in transformers' ResNet names
+    (``embedder.embedder.convolution.weight``, ``encoder.stages.S.layers.B.layer.K...``) and load
+    either naming; its parameters keep torchvision's names. Returns ``body``."""
+    body.register_state_dict_post_hook(_to_transformers_names)
+    body.register_load_state_dict_pre_hook(_from_transformers_names)
+    return body
 
 
 _HF_TO_TORCHVISION = (

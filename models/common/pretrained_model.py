@@ -159,6 +159,15 @@ class PretrainedMixin(PushToHubMixin):
         if isinstance(inner, nn.Module) and hasattr(inner, "config"):
             inner.config = config
 
+    def save_config(self, directory: str | os.PathLike) -> None:
+        """Write ``directory/config.json`` as ``save_pretrained`` does (``architectures`` = this
+        class's name, ``use_pretrained_backbone=False``: the weights beside it hold the backbone)."""
+        os.makedirs(directory, exist_ok=True)
+        data = self.config.to_dict()
+        data["architectures"] = [type(self).__name__]
+        data["use_pretrained_backbone"] = False
+        self.checkpoint_format.config_class.from_dict(data).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
+
     def save_pretrained(self, directory: str | os.PathLike, safe_serialization: bool = True, *, push_to_hub: bool = False, **hub_kwargs: Any) -> None:
         """Write ``config.json`` (``architectures`` = this class's name) and ``model.safetensors``
         (or ``pytorch_model.bin``); shared heads are written once, as ``transformers`` does. The
@@ -167,11 +176,7 @@ class PretrainedMixin(PushToHubMixin):
         if hub_kwargs and not push_to_hub:
             raise TypeError(f"save_pretrained got unexpected keyword arguments {sorted(hub_kwargs)} (they are push_to_hub options)")
         spec = self.checkpoint_format
-        os.makedirs(directory, exist_ok=True)
-        data = self.config.to_dict()
-        data["architectures"] = [type(self).__name__]
-        data["use_pretrained_backbone"] = False
-        spec.config_class.from_dict(data).to_json_file(os.path.join(directory, checkpoint_files.CONFIG_NAME))
+        self.save_config(directory)
         config = self.config
         if self.is_bare:
             def rename(state_dict: StateDict) -> StateDict:

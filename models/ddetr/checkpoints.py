@@ -4,8 +4,9 @@
   (the state dict) and usually ``args`` (the training arguments). ``convert_original_state_dict``
   renames its keys; ``config_from_original_args`` turns ``args`` into a config.
 - the Hugging Face layout needs no renaming (our parameter names are theirs), except the heads
-  that ``transformers`` also registers inside the decoder (``hf_decoder_alias``) and the backbone
-  of ``use_timm_backbone=False`` checkpoints (transformers' ResNet names).
+  that ``transformers`` also registers inside the decoder (``hf_decoder_alias``); the backbone of
+  ``use_timm_backbone=False`` checkpoints speaks transformers' ResNet names itself
+  (``models.backbones.hf_resnet.use_transformers_key_names``).
 
 Reading, writing and loading the files is ``models.common.checkpoint_files``. Nothing is silently
 dropped: keys that do not map are listed by name.
@@ -19,7 +20,6 @@ from typing import Any
 
 import torch
 
-from models.backbones.hf_resnet import hf_resnet_key_to_torchvision, torchvision_key_to_hf_resnet
 from models.common.key_rules import original_arg as _arg
 from models.common.key_rules import rename_state_dict, shared_original_fields
 from models.ddetr.config import DeformableDetrConfig
@@ -112,24 +112,3 @@ def hf_decoder_alias(key: str) -> str | None:
     ``transformers`` also registers inside the decoder) → the top-level head key; else None."""
     alias = _HF_DECODER_ALIAS.match(key)
     return f"{alias.group(1)}.{alias.group(2)}" if alias else None
-
-
-# ------------------------------------------------------- transformers' own ResNet (AutoBackbone)
-BACKBONE_PREFIX = "model.backbone.conv_encoder.model."
-
-
-def backbone_keys_from_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the backbone keys of a ``use_timm_backbone=False`` checkpoint (transformers' ResNet
-    naming) to the torchvision naming our backbone uses."""
-    return {
-        (BACKBONE_PREFIX + hf_resnet_key_to_torchvision(key[len(BACKBONE_PREFIX):]) if key.startswith(BACKBONE_PREFIX) else key): tensor
-        for key, tensor in state_dict.items()
-    }
-
-
-def backbone_keys_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of ``backbone_keys_from_transformers`` (for ``save_pretrained``)."""
-    return {
-        (BACKBONE_PREFIX + torchvision_key_to_hf_resnet(key[len(BACKBONE_PREFIX):]) if key.startswith(BACKBONE_PREFIX) else key): tensor
-        for key, tensor in state_dict.items()
-    }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from detr_blocks.decoder import DeformableDecoder
@@ -223,20 +222,9 @@ class DeformableDetrForObjectDetection(PretrainedMixin, TiedStateDictMixin, Quer
         )
 
 
-def _from_file(state_dict: dict[str, torch.Tensor], config: DeformableDetrConfig) -> dict[str, torch.Tensor]:
-    """transformers' own ResNet (``backbone_config``): its key names → torchvision's."""
-    return checkpoints.backbone_keys_from_transformers(state_dict) if config.backbone_config is not None else state_dict
-
-
-def _to_file(state_dict: dict[str, torch.Tensor], config: DeformableDetrConfig) -> dict[str, torch.Tensor]:
-    return checkpoints.backbone_keys_to_transformers(state_dict) if config.backbone_config is not None else state_dict
-
-
 CHECKPOINT_FORMAT = CheckpointFormat(
     config_class=DeformableDetrConfig,
     original=OriginalFormat(checkpoints.convert_original_state_dict, checkpoints.config_from_original_args, original_num_labels),
-    from_file=_from_file,
-    to_file=_to_file,
     key_alias=checkpoints.hf_decoder_alias,
     convert_config=DeformableDetrConfig.from_transformers,
 )
