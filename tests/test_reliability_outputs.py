@@ -100,6 +100,9 @@ def test_make_data_refuses_a_dataset_or_a_run_unless_overwrite_for_its_own_kind(
     assert (out / "annotations" / "train.json").read_bytes() == annotations
     assert main(["make-data", "--out", str(out), "--train", "3", "--val", "1", "--seed", "5", "--overwrite"]) == 0
     assert len(json.loads((out / "annotations" / "train.json").read_text())["images"]) == 3
+    assert len(list((out / "images" / "train").iterdir())) == 3  # no image of the old dataset is left among the new
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "annotations" / "train.json").read_bytes() == annotations
     assert main(["make-data", "--out", str(run), "--train", "1", "--overwrite"]) == 2
     _one_error(capsys, "holds a training run")
 

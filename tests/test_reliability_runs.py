@@ -64,6 +64,17 @@ def test_a_second_run_into_a_finished_run_is_refused_and_overwrite_moves_it_asid
     assert (aside / "model" / "config.json").is_file() and load_training_state(out)["epoch"] == 1
 
 
+def test_overwrite_first_repairs_the_old_run_then_moves_it_aside_whole(tiny_config, data, tmp_path):
+    out = tmp_path / "run"
+    config = DeformableDetrConfig(**tiny_config)
+    train(_args(data, out), config)
+    os.replace(out / "model", out / ".model.new")  # killed between the renames of its model swap
+    train(_args(data, out, overwrite=True), config)
+    (aside,) = out.glob("replaced-*")
+    assert (aside / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_resume_writes_only_into_its_own_run_or_a_new_folder(tiny_config, data, tmp_path):
     config = DeformableDetrConfig(**tiny_config)
     first, second = tmp_path / "first", tmp_path / "second"

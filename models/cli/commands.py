@@ -27,7 +27,7 @@ from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
 from models.engine.progress import progress_iterable
-from models.engine.run_folder import OutputConflict, check_apart_from_inputs, dataset_tree
+from models.engine.run_folder import DATASET_FILES, OutputConflict, check_apart_from_inputs, dataset_tree, move_aside
 from models.engine.training import TrainingArgs, TrainingDiverged, naming_write_errors, train
 from models.registry import family
 
@@ -210,7 +210,10 @@ def cmd_make_data(ns: argparse.Namespace) -> int:
         splits["test"] = ns.test
     seed = DEMO_DATA_SEED if ns.seed is None else ns.seed
     started = time.time()
-    with claimed_output(ns.out, "make-data", allowed="dataset" if ns.overwrite else None):
+    with claimed_output(ns.out, "make-data", allowed="dataset" if ns.overwrite else None) as out:
+        aside = move_aside(out, DATASET_FILES) if ns.overwrite else None
+        if aside is not None:
+            print(f"--overwrite: the previous dataset is now in {aside}")
         written = write_synthetic_coco(ns.out, splits, spec, seed)
     for split, (images_dir, ann) in written.items():
         print(f"{split}: {splits[split]} images in {images_dir}, annotations {ann}")

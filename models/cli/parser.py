@@ -240,7 +240,8 @@ def _add_make_data(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help=f"square image side in pixels (default: the preset's, {DEMO_SPEC.image_size[1]} for demo, {SyntheticSpec().image_size[1]} for default)")
     p.add_argument("--classes", nargs="+", help="shape names: circle square triangle cross ring diamond")
     p.add_argument("--max-objects", type=int)
-    p.add_argument("--overwrite", action="store_true", help="write over a dataset already in --out (without it, such an --out is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out: its images/ and annotations/ are moved into OUT/replaced-<time>/ "
+                        "(without it, such an --out is refused)")
     return p
 
 

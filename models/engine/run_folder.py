@@ -6,9 +6,9 @@
    (:func:`check_apart_from_inputs`).
 2. **Nothing is written over another command's results.** A folder holding a training run, a
    checkpoint or a dataset is written only by the command that owns it: ``train`` continues a run
-   with ``--resume`` or replaces it with ``--overwrite`` (the old run's files are moved aside into
-   ``replaced-<time>/``, never deleted), ``make-data`` replaces a dataset only with ``--overwrite``
-   (:func:`check_output_folder`, :func:`check_run_folder`, :func:`move_run_aside`).
+   with ``--resume`` or replaces it with ``--overwrite``, ``make-data`` replaces a dataset only with
+   ``--overwrite``; what is replaced is moved aside into ``replaced-<time>/``, never deleted
+   (:func:`check_output_folder`, :func:`check_run_folder`, :func:`move_aside`).
 3. **One writer at a time.** A command holds ``<folder>/.deformable-detr.lock`` while it writes
    (:func:`folder_lock`): an ``flock`` that the operating system releases when the process ends,
    however it ends, and a JSON record of the holder (host, pid, start time, command) that the
@@ -43,6 +43,8 @@ RUN_MARKERS = (STATE_FILE, TRAIN_ARGS_FILE, METRICS_LINES)
 """Files that make a folder a training run (``train`` writes the first of them before any epoch ends)."""
 RUN_FILES = (STATE_FILE, "model", METRICS_LINES, "metrics.json", TRAIN_ARGS_FILE)
 """What ``train`` writes into its run folder (what ``--overwrite`` moves aside)."""
+DATASET_FILES = ("images", "annotations")
+"""What ``make-data`` writes (what its ``--overwrite`` moves aside)."""
 
 
 class OutputConflict(ValueError):
@@ -177,8 +179,16 @@ def _resumed_folder(resume: str | os.PathLike) -> Path:
 def move_run_aside(out: str | os.PathLike) -> Path | None:
     """Move the files ``train`` wrote into ``out`` (:data:`RUN_FILES`) into a new ``out/replaced-<UTC time>/``;
     returns that folder, or None when there was nothing to move. Nothing is deleted."""
+    return move_aside(out, RUN_FILES)
+
+
+def move_aside(out: str | os.PathLike, names: Sequence[str]) -> Path | None:
+    """Move the entries ``names`` of ``out`` that exist into a new ``out/replaced-<UTC time>/``;
+    returns that folder, or None when none exists. Nothing is deleted."""
+    if isinstance(names, str):
+        raise TypeError("names must be a sequence of file names, not one string")
     out = Path(out)
-    present = [out / name for name in RUN_FILES if (out / name).exists()]
+    present = [out / name for name in names if (out / name).exists()]
     if not present:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

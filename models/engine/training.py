@@ -409,8 +409,9 @@ def claim_run_folder(args: TrainingArgs, info: DistInfo) -> Iterator[None]:
 
     Rank 0 creates the folder and proves it writable, takes its lock (``run_folder.folder_lock``),
     refuses a folder holding another run unless ``args.resume`` continues it or ``args.overwrite``
-    moves it aside (``run_folder.check_run_folder``), then finishes or rolls back what a killed
-    write left (:func:`recover_run_dir`). Every process learns rank 0's refusal, so none waits for it.
+    replaces it (``run_folder.check_run_folder``), finishes or rolls back what a killed write left
+    (:func:`recover_run_dir`), and with ``args.overwrite`` moves the old run aside
+    (``run_folder.move_run_aside``). Every process learns rank 0's refusal, so none waits for it.
     """
     out = Path(args.out)
     with contextlib.ExitStack() as stack:
@@ -421,12 +422,12 @@ def claim_run_folder(args: TrainingArgs, info: DistInfo) -> Iterator[None]:
                 prepare_out_dir(out)
                 stack.enter_context(folder_lock(out))
                 check_run_folder(out, args.resume, args.overwrite)
+                for note in recover_run_dir(out):
+                    _log(info, note)
                 if args.overwrite:
                     aside = move_run_aside(out)
                     if aside is not None:
                         _log(info, f"--overwrite: the previous run's files are now in {str(aside)!r}")
-                for note in recover_run_dir(out):
-                    _log(info, note)
             except (OSError, ValueError) as err:
                 refusal = err
         _share_refusal(refusal, info)
