@@ -85,6 +85,15 @@ def test_detect_and_eval_never_write_into_a_checkpoint_or_a_run(run, data, photo
     assert _snapshot(run) == before
 
 
+def test_eval_never_writes_its_metrics_over_the_predictions_it_scores(data, tmp_path, capsys):
+    out = tmp_path / "scores"
+    out.mkdir()
+    (out / "metrics.json").write_text("[]")
+    assert main(["eval", "--data", str(data), "--predictions", str(out / "metrics.json"), "--out", str(out)]) == 2
+    _one_error(capsys, "would replace the --predictions file", "metrics.json")
+    assert (out / "metrics.json").read_text() == "[]"
+
+
 def test_eval_never_writes_inside_the_dataset(run, data, capsys):
     assert main(["eval", "--data", str(data), "--checkpoint", str(run), "--out", str(data / "eval")]) == 2
     _one_error(capsys, "lies in the dataset --data")

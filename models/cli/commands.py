@@ -148,7 +148,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise CliError(str(err)) from err
     check_eval_dataset(dataset, ns.split)
-    with claimed_output(ns.out, "eval", checkpoint=ns.checkpoint, data=ns.data) as out:  # before any prediction
+    predictions = [("the --predictions file", ns.predictions)] if ns.predictions else []
+    with claimed_output(ns.out, "eval", checkpoint=ns.checkpoint, data=ns.data, read_files=predictions,
+                        writes=("metrics.json",) if ns.predictions else ("metrics.json", "detections.json")) as out:  # before any prediction
         extra = {"split": ns.split, "annotations": str(ann_file), "num_images": len(dataset)}
         if ns.predictions:
             detections = read_json_file(ns.predictions, "--predictions", list, "a JSON list of COCO result records")

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from models.cli.errors import CliError, check_output_dir
 from models.cli.loading import DEMO_CHECKPOINT_DIR, DEMO_CHECKPOINT_NAME
-from models.engine.run_folder import OutputConflict, check_apart_from_inputs, check_output_folder, dataset_tree, folder_lock
+from models.engine.run_folder import (
+    OutputConflict,
+    check_apart_from_inputs,
+    check_output_folder,
+    check_outputs_are_not_inputs,
+    dataset_tree,
+    folder_lock,
+)
 
 
 def checkpoint_folders(checkpoint: str | None) -> list[tuple[str, Path]]:
@@ -42,7 +49,8 @@ def image_folders(images: Sequence[str]) -> list[tuple[str, Path]]:
 
 @contextlib.contextmanager
 def claimed_output(out: str, command: str, *, images: Sequence[str] = (), checkpoint: str | None = None,
-                   data: str | None = None, allowed: str | None = None) -> Iterator[Path]:
+                   data: str | None = None, allowed: str | None = None,
+                   read_files: Sequence[tuple[str, str]] = (), writes: Sequence[str] = ()) -> Iterator[Path]:
     """Hold ``out`` for ``command`` for the block (see the module docstring); ``CliError`` naming both
     sides when an input, another command's results or another writer is in the way.
 
@@ -53,11 +61,14 @@ def claimed_output(out: str, command: str, *, images: Sequence[str] = (), checkp
         checkpoint: the ``--checkpoint`` (its folder and ``model/`` are never ``out``).
         data: the ``--data`` dataset (``out`` never lies inside it).
         allowed: what ``out`` may hold and the command writes over (``"dataset"``: ``make-data --overwrite``).
+        read_files: other input files, ``(what, file)``, none of which may be among ``writes``.
+        writes: the names of the files the command writes into ``out``.
     """
     read_folders = [*image_folders(images), *checkpoint_folders(checkpoint)]
     read_trees = [dataset_tree(data)] if data else []
     try:
         check_apart_from_inputs(out, read_folders=read_folders, read_trees=read_trees)
+        check_outputs_are_not_inputs(out, writes, read_files)
         check_output_folder(out, command, allowed=allowed)
     except OutputConflict as err:
         raise CliError(str(err)) from None

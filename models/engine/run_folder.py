@@ -133,6 +133,19 @@ def check_apart_from_inputs(
             )
 
 
+def check_outputs_are_not_inputs(out: str | os.PathLike, writes: Sequence[str], read_files: Sequence[tuple[str, str | os.PathLike]],
+                                 flag: str = "--out") -> None:
+    """``OutputConflict`` when a file the command writes into ``out`` (``writes``: names) is one of
+    ``read_files`` (``(what, file)`` pairs), e.g. ``eval --predictions OUT/metrics.json --out OUT``."""
+    if isinstance(writes, str):
+        raise TypeError("writes must be a sequence of file names, not one string")
+    for name in writes:
+        target = Path(os.path.realpath(Path(out) / name))
+        for what, file in read_files:
+            if target == Path(os.path.realpath(file)):
+                raise OutputConflict(f"{flag} {str(out)!r} would replace {what} {str(file)!r} with its {name}; choose another {flag}")
+
+
 def check_output_folder(out: str | os.PathLike, command: str, *, allowed: str | None = None, flag: str = "--out") -> None:
     """``OutputConflict`` when ``out`` holds a training run, a checkpoint or a dataset, which
     ``command`` would write over (``allowed``: the kind of contents this call may write over, e.g.
