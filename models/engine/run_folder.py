@@ -63,7 +63,7 @@ def folder_contents(folder: str | os.PathLike) -> str | None:
     if not folder.is_dir():
         return None
     if any((folder / name).exists() for name in RUN_MARKERS):
-        return describe_run(folder)
+        return describe_run_folder(folder)
     if (folder / "config.json").is_file():
         return "a checkpoint (config.json)"
     if (folder / "annotations").is_dir() and any((folder / "annotations").glob("*.json")):
@@ -71,7 +71,7 @@ def folder_contents(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def describe_run(folder: str | os.PathLike) -> str:
+def describe_run_folder(folder: str | os.PathLike) -> str:
     """``"a training run (finished: 2 of 2 epochs)"``, ``"... (3 of 10 epochs done)"`` or
     ``"... (no epoch finished)"``, read from ``train_args.json`` and ``metrics.jsonl`` (no tensor is loaded)."""
     folder = Path(folder)
