@@ -78,8 +78,13 @@ Contrastive denoising (DINO)
 """
 
 from detr_blocks.activation import ACTIVATIONS, get_activation
+from detr_blocks.aifi import AIFI, AIFILayer
+from detr_blocks.anchors import grid_anchors
 from detr_blocks.attention import MultiheadSelfAttention
 from detr_blocks.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
+from detr_blocks.ccfm import CCFM
+from detr_blocks.conv_norm import ConvNormLayer
+from detr_blocks.csp import CSPRepLayer
 from detr_blocks.decoder import DeformableDecoder, DeformableDecoderLayer, DeformableDecoderOutput
 from detr_blocks.denoising import (
     DenoisingMeta,
@@ -94,18 +99,27 @@ from detr_blocks.denoising import (
 from detr_blocks.encoder import DeformableEncoder, DeformableEncoderLayer, DeformableEncoderOutput, encoder_reference_points
 from detr_blocks.feed_forward import FeedForward
 from detr_blocks.functional import inverse_sigmoid, refine_boxes
+from detr_blocks.hybrid_encoder import HybridEncoder
 from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_loss, weight_names
 from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.query_position import BoxQueryPosition, InputQueryPosition, box_sine_embedding
 from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, ReferenceRefinement, RefinedReferences
+from detr_blocks.repvgg import FusedRepVggBlock, RepVggBlock, fuse_repvgg_blocks
+from detr_blocks.sincos_2d import sincos_2d_position_embedding
 from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, proposal_scores, select_top_proposals
 from detr_blocks.valid_ratio import valid_ratios
+from detr_blocks.varifocal import VarifocalLoss, varifocal_loss
 
 __all__ = [
     "ACTIVATIONS",
+    "AIFI",
+    "AIFILayer",
     "BoxQueryPosition",
+    "CCFM",
+    "CSPRepLayer",
+    "ConvNormLayer",
     "DeformableDecoder",
     "DeformableDecoderLayer",
     "DeformableDecoderOutput",
@@ -116,7 +130,9 @@ __all__ = [
     "DenoisingQueries",
     "DetachedRefinement",
     "FeedForward",
+    "FusedRepVggBlock",
     "HungarianMatcher",
+    "HybridEncoder",
     "InputQueryPosition",
     "LearnedPositionEmbedding",
     "LookForwardTwice",
@@ -125,8 +141,10 @@ __all__ = [
     "NoRefinement",
     "ReferenceRefinement",
     "RefinedReferences",
+    "RepVggBlock",
     "SetCriterion",
     "SinePositionEmbedding",
+    "VarifocalLoss",
     "average_num_boxes",
     "box_area",
     "box_cxcywh_to_xyxy",
@@ -140,15 +158,19 @@ __all__ = [
     "denoising_matching_indices",
     "encoder_output_proposals",
     "encoder_reference_points",
+    "fuse_repvgg_blocks",
     "generalized_box_iou",
     "get_activation",
+    "grid_anchors",
     "inverse_sigmoid",
     "proposal_position_embedding",
     "proposal_scores",
     "refine_boxes",
     "select_top_proposals",
     "sigmoid_focal_loss",
+    "sincos_2d_position_embedding",
     "split_denoising_outputs",
     "valid_ratios",
+    "varifocal_loss",
     "weight_names",
 ]
