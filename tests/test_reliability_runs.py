@@ -178,6 +178,32 @@ def test_nan_sampling_offsets_stop_training_as_a_divergence(tiny_config, data, t
         train(_args(data, tmp_path / "run"), DeformableDetrConfig(**tiny_config))
 
 
+def test_an_update_that_makes_the_weights_nan_is_never_saved_over_the_last_checkpoint(tiny_config, data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    config = DeformableDetrConfig(**tiny_config)
+    train(_args(data, out), config)
+    saved = (out / STATE_FILE).read_bytes()
+    real_build = training.build_optimization
+
+    def poisoning_optimization(args, model, device):
+        optimization = real_build(args, model, device)
+        real_step = optimization.optimizer.step
+
+        def step(*a, **k):
+            result = real_step(*a, **k)
+            with torch.no_grad():
+                model.class_embed[0].bias.fill_(float("nan"))  # the loss of this step was finite
+            return result
+
+        optimization.optimizer.step = step
+        return optimization
+
+    monkeypatch.setattr(training, "build_optimization", poisoning_optimization)
+    with pytest.raises(TrainingDiverged, match=r"weights are NaN or infinite \(.*class_embed.*\) after epoch 2, step 2; this epoch is not saved: .*is intact"):
+        train(_args(data, out, epochs=2, resume=str(out)), None)
+    assert (out / STATE_FILE).read_bytes() == saved and _epochs(out) == [1]
+
+
 # ---------------------------------------------------------------------------- settings, config
 def test_device_names_are_checked_naming_the_valid_ones():
     with pytest.raises(ValueError, match=r"device must be one of auto, cpu, cuda, cuda:N or mps, got 'tpu'"):

@@ -650,6 +650,10 @@ def train_one_epoch(parts: RunParts, args: TrainingArgs, info: DistInfo, epoch: 
         bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         bar.update(1)
     bar.close()
+    broken = non_finite_weights(parts.model)
+    if broken:  # a finite loss can still end in a NaN update: never save it over the last good checkpoint
+        raise TrainingDiverged(f"weights are NaN or infinite ({_names(broken)}) after epoch {epoch + 1}, step {step}; "
+                               f"this epoch is not saved: {_what_is_kept(args)}")
     lr_now = optimizer.param_groups[0]["lr"]
     if scheduler is not None:
         scheduler.step()
@@ -672,15 +676,19 @@ def _forward(parts: RunParts, args: TrainingArgs, batch: dict, device: torch.dev
         broken = non_finite_weights(parts.model)
         if not broken:
             raise
-        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
         raise TrainingDiverged(
-            f"weights are NaN or infinite ({shown}) at epoch {epoch + 1}, step {step + 1}, so the loss is undefined ({err}): {_what_is_kept(args)}"
+            f"weights are NaN or infinite ({_names(broken)}) at epoch {epoch + 1}, step {step + 1}, so the loss is undefined ({err}): "
+            f"{_what_is_kept(args)}"
         ) from err
 
 
 def non_finite_weights(model: torch.nn.Module) -> list[str]:
     """Names of ``model``'s floating-point parameters that hold a NaN or an infinity."""
     return [name for name, param in model.named_parameters() if param.is_floating_point() and not bool(torch.isfinite(param).all())]
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _what_is_kept(args: TrainingArgs) -> str:
