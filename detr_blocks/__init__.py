@@ -75,6 +75,29 @@ Contrastive denoising (DINO)
     split_denoising_outputs(tensor, meta, dim=1) -> (dn part | None, matching part)
     denoising_matching_indices(targets, meta) -> [(query_index, target_index)] per image
     denoising_losses(criterion, dn_outputs, targets, meta, num_boxes) -> {"<term>_dn", "<term>_dn_<i>"}
+RT-DETR: hybrid encoder (AIFI + CCFM), grid anchors, varifocal loss (``transformers``' parameter names)
+    sincos_2d_position_embedding(width, height, dim=256, temperature=10000.0, *, dtype, device)
+        -> [W·H, dim], rows enumerated width-major as RT-DETR's code (see the module docstring)
+    AIFILayer(d_model=256, ffn_dim=1024, *, self_attn=None (MultiheadSelfAttention), num_heads=8,
+              dropout=0.0, activation_dropout=0.0, activation="gelu", feed_forward=None,
+              norm_layer=nn.LayerNorm)  post-norm; forward(x [B, S, C], position_embeddings
+              [S, C] | [B, S, C] | None, attention_mask=None) -> [B, S, C]
+    AIFI(layers, d_model=256, temperature=10000.0)  forward(map [B, C, H, W]) -> [B, C, H, W]
+    ConvNormLayer(in_channels, out_channels, kernel_size, stride=1, *, padding=None (k-1)//2,
+                  activation=None, eps=1e-5)  conv (no bias) → BatchNorm2d → activation
+    RepVggBlock(channels, *, activation="silu", eps=1e-5)  act(bn(conv3x3 x) + bn(conv1x1 x));
+        .fuse() -> FusedRepVggBlock (one 3x3 conv with bias, equal in eval mode);
+        fuse_repvgg_blocks(module) fuses every block inside, in place
+    CSPRepLayer(in_channels, out_channels, *, num_blocks=3, expansion=1.0, activation="silu", eps=1e-5)
+    CCFM(num_levels=3, channels=256, *, num_blocks=3, expansion=1.0, activation="silu", eps=1e-5)
+        forward(L maps [B, C, H_l, W_l], finest first) -> L fused maps (top-down FPN, bottom-up PAN)
+    HybridEncoder(encoders, encode_indices=(2,), num_levels=3, channels=256, *, ...CCFM's)
+        a CCFM whose maps at encode_indices first go through their encoders (AIFI)
+    grid_anchors(spatial_shapes, grid_size=0.05, eps=0.01, *, dtype, device)
+        -> (anchors [1, S, 4] logits, finfo.max where invalid; valid_mask bool [1, S, 1])
+    varifocal_loss(logits, scores, positives, alpha=0.75, gamma=2.0) -> elementwise loss
+    VarifocalLoss(alpha=0.75, gamma=2.0): SetCriterion extra loss, ``extra_losses={"vfl": VarifocalLoss()}``
+        -> {"loss_vfl"} with the IoU-aware target (IoU of the detached matched box)
 """
 
 from detr_blocks.activation import ACTIVATIONS, get_activation
