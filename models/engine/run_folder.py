@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 try:
     import fcntl
@@ -56,18 +57,26 @@ class FolderInUse(OutputConflict):
 
 
 # ---------------------------------------------------------------------------------- what a folder is
-def folder_contents(folder: str | os.PathLike) -> str | None:
-    """What ``folder`` holds that only its own command may write: ``"a training run ..."``,
-    ``"a checkpoint"`` (``config.json``), ``"a dataset"`` (``annotations/*.json``), or None."""
+class Contents(NamedTuple):
+    """What a folder holds that only its own command may write: ``kind`` is ``"run"``,
+    ``"checkpoint"`` or ``"dataset"``; ``description`` says it in words for messages."""
+
+    kind: str
+    description: str
+
+
+def folder_contents(folder: str | os.PathLike) -> Contents | None:
+    """The :class:`Contents` of ``folder``: a training run (:data:`RUN_MARKERS`), a checkpoint
+    (``config.json``), a dataset (``annotations/*.json``), or None (also when it is no folder)."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     if any((folder / name).exists() for name in RUN_MARKERS):
-        return describe_run_folder(folder)
+        return Contents("run", describe_run_folder(folder))
     if (folder / "config.json").is_file():
-        return "a checkpoint (config.json)"
+        return Contents("checkpoint", "a checkpoint (config.json)")
     if (folder / "annotations").is_dir() and any((folder / "annotations").glob("*.json")):
-        return "a dataset (annotations/*.json)"
+        return Contents("dataset", "a dataset (annotations/*.json)")
     return None
 
 
@@ -148,15 +157,15 @@ def check_outputs_are_not_inputs(out: str | os.PathLike, writes: Sequence[str], 
 
 def check_output_folder(out: str | os.PathLike, command: str, *, allowed: str | None = None, flag: str = "--out") -> None:
     """``OutputConflict`` when ``out`` holds a training run, a checkpoint or a dataset, which
-    ``command`` would write over (``allowed``: the kind of contents this call may write over, e.g.
-    ``"dataset"`` for ``make-data --overwrite``)."""
+    ``command`` would write over (``allowed``: the :class:`Contents` kind this call may write over,
+    e.g. ``"dataset"`` for ``make-data --overwrite``)."""
     if not isinstance(command, str) or not command:
         raise TypeError(f"command must be a command name, got {command!r}")
     held = folder_contents(out)
-    if held is None or (allowed is not None and allowed in held):
+    if held is None or held.kind == allowed:
         return
     raise OutputConflict(
-        f"{flag} {str(out)!r} holds {held}; {command} does not write over it: choose another {flag}"
+        f"{flag} {str(out)!r} holds {held.description}; {command} does not write over it: choose another {flag}"
     )
 
 
@@ -174,14 +183,14 @@ def check_run_folder(out: str | os.PathLike, resume: str | os.PathLike | None, o
     resumes_here = resume is not None and _resumed_folder(resume) == Path(os.path.realpath(out))
     if resumes_here and overwrite:
         raise OutputConflict(f"--overwrite with --resume {str(resume)!r}: that is the run in --out {str(out)!r}, which --overwrite would move aside; drop --overwrite")
-    if held is None or resumes_here or overwrite and held.startswith("a training run"):
+    if held is None or resumes_here or (overwrite and held.kind == "run"):
         return
-    if held.startswith("a training run"):
+    if held.kind == "run":
         raise OutputConflict(
-            f"--out {str(out)!r} holds {held}; continue it with --resume {str(out)!r}, replace it with --overwrite "
-            "(its files are moved into a replaced-<time> folder inside it), or choose another --out"
+            f"--out {str(out)!r} holds {held.description}; continue it with --resume {str(out)!r}, replace it with "
+            "--overwrite (its files are moved into a replaced-<time> folder inside it), or choose another --out"
         )
-    raise OutputConflict(f"--out {str(out)!r} holds {held}, not a training run; choose another --out")
+    raise OutputConflict(f"--out {str(out)!r} holds {held.description}, not a training run; choose another --out")
 
 
 def _resumed_folder(resume: str | os.PathLike) -> Path:
