@@ -162,3 +162,32 @@ def test_ccfm_handles_odd_sizes_and_names_bad_inputs():
         CCFM(1, 8)
     with pytest.raises(ValueError, match="encode_indices"):
         HybridEncoder([nn.Identity()], [3], 3, 8)
+
+
+def test_hybrid_encoder_gradients_match_transformers_in_training():
+    """Training mode (batch statistics in the batch norms): the same outputs and the same gradients
+    for inputs and every parameter."""
+    config = _config()
+    theirs = _randomize(hf.RTDetrHybridEncoder(config), 6).train()
+    ours = _hybrid(config).train()
+    ours.load_state_dict(theirs.state_dict())
+    torch.manual_seed(1)
+    sizes = [(8, 12), (4, 6), (2, 3)]
+    ours_in = [torch.randn(2, 16, h, w, requires_grad=True) for h, w in sizes]
+    theirs_in = [x.detach().clone().requires_grad_() for x in ours_in]
+    weights = [torch.randn(2, 16, h, w) for h, w in sizes]
+    sum((w * o).sum() for w, o in zip(weights, ours(ours_in))).backward()
+    sum((w * o).sum() for w, o in zip(weights, theirs(list(theirs_in), return_dict=True).last_hidden_state)).backward()
+    for mine, reference in zip(ours_in, theirs_in):
+        torch.testing.assert_close(mine.grad, reference.grad, rtol=1e-4, atol=1e-5)
+    their_grads = dict(theirs.named_parameters())
+    for name, parameter in ours.named_parameters():
+        torch.testing.assert_close(parameter.grad, their_grads[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_every_public_block_is_in_the_package_docstring():
+    import re
+
+    import detr_blocks
+
+    assert [n for n in detr_blocks.__all__ if not re.search(rf"\b{n}\b", detr_blocks.__doc__)] == []
