@@ -42,7 +42,9 @@ Decoder policies (per layer)
         reference_points, box_head) -> RefinedReferences(next_reference, recorded)
     query_position: InputQueryPosition() (default), BoxQueryPosition(d_model=256, *, ref_dim=4,
         num_pos_feats=None (C/2), temperature=10000.0, scale=2π, num_layers=2) (DINO);
-        forward(index, hidden_states, level_points, position_embeddings) -> [B, Q, C] | None
+        forward(index, hidden_states, level_points, position_embeddings) -> [B, Q, C] | None;
+        BoxMLPQueryPosition(d_model=256, *, ref_dim=4, hidden_dim=None (2C), num_layers=2) (RT-DETR: an
+        MLP on the box coordinates, no sine)
     box_sine_embedding(boxes [..., 2|4], num_pos_feats=128, temperature=10000.0, scale=2π, *, order="yx")
         -> [..., 2F|4F] in the order (y, x[, w, h]) (DINO's query positions) or, order="xy", (x, y[, w, h])
         (Deformable DETR's two-stage proposals, of sigmoid(logits)); SinePositionEmbedding is the one of pixels
@@ -127,7 +129,7 @@ from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_lo
 from detr_blocks.matcher import HungarianMatcher
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
-from detr_blocks.query_position import BoxQueryPosition, InputQueryPosition, box_sine_embedding
+from detr_blocks.query_position import BoxMLPQueryPosition, BoxQueryPosition, InputQueryPosition, box_sine_embedding
 from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, ReferenceRefinement, RefinedReferences
 from detr_blocks.repvgg import FusedRepVggBlock, RepVggBlock, fuse_repvgg_blocks
 from detr_blocks.sincos_2d import sincos_2d_position_embedding
@@ -139,6 +141,7 @@ __all__ = [
     "ACTIVATIONS",
     "AIFI",
     "AIFILayer",
+    "BoxMLPQueryPosition",
     "BoxQueryPosition",
     "CCFM",
     "CSPRepLayer",

@@ -14,6 +14,9 @@ Policies:
     ``BoxQueryPosition``: "conditional query positions", recomputed at every layer from the current
         reference boxes: ``mlp(box_sine_embedding(level_points[:, :, 0]))`` (DINO's
         ``ref_point_head``).
+    ``BoxMLPQueryPosition``: the same recomputation without the sine embedding,
+        ``mlp(level_points[:, :, 0])`` on the box coordinates themselves (RT-DETR's
+        ``query_pos_head``).
 """
 
 from __future__ import annotations
@@ -122,3 +125,41 @@ class BoxQueryPosition(nn.Module):
         if level_points.dim() != 4 or level_points.shape[-1] != self.ref_dim:
             raise ValueError(f"reference_points must have {self.ref_dim} coordinates for BoxQueryPosition(ref_dim={self.ref_dim}), got level points {tuple(level_points.shape)}")
         return self.mlp(box_sine_embedding(level_points[:, :, 0], self.num_pos_feats, self.temperature, self.scale))
+
+
+class BoxMLPQueryPosition(nn.Module):
+    """Query positions from the current reference boxes by an MLP on their coordinates:
+    ``mlp(level_points[:, :, 0])`` (RT-DETR's ``query_pos_head``: 4 → 2C → C, ReLU between).
+
+    As ``BoxQueryPosition``, the reference is the one scaled by level 0's valid ratios (the
+    reference itself when there is no padding, RT-DETR's case); the decoder's own
+    ``position_embeddings`` argument is ignored.
+
+    Args:
+        d_model: C, the output width.
+        ref_dim: 4 (boxes) or 2 (points), the reference points' last dimension.
+        hidden_dim: the MLP's hidden width; default ``2 · d_model``.
+        num_layers: of the MLP (RT-DETR: 2).
+
+    Parameters: ``mlp.layers.{i}`` (``transformers``' ``decoder.query_pos_head.layers.{i}``).
+    """
+
+    def __init__(self, d_model: int = 256, *, ref_dim: int = 4, hidden_dim: int | None = None, num_layers: int = 2) -> None:
+        super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        if ref_dim not in (2, 4):
+            raise ValueError(f"ref_dim must be 2 (points) or 4 (boxes), got {ref_dim!r}")
+        hidden_dim = 2 * d_model if hidden_dim is None else hidden_dim
+        if isinstance(hidden_dim, bool) or not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be a positive int, got {hidden_dim!r}")
+        self.ref_dim = ref_dim
+        self.mlp = MLP(ref_dim, hidden_dim, d_model, num_layers)
+
+    def forward(
+        self, index: int, hidden_states: torch.Tensor, level_points: torch.Tensor, position_embeddings: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``level_points`` ``[B, Q, L, ref_dim]`` → ``[B, Q, C]``."""
+        if level_points.dim() != 4 or level_points.shape[-1] != self.ref_dim:
+            raise ValueError(f"reference_points must have {self.ref_dim} coordinates for BoxMLPQueryPosition(ref_dim={self.ref_dim}), got level points {tuple(level_points.shape)}")
+        return self.mlp(level_points[:, :, 0])
