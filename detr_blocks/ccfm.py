@@ -12,10 +12,11 @@ With maps ``x_0 … x_{L−1}`` (finest first)::
         p_i = pan_blocks[k](cat(downsample_convs[k](p_{i−1}), t_i))
     returns p_0 … p_{L−1}
 
-The lateral convolution is 1x1 conv-BN-activation, the downsampling 3x3 stride-2 conv-BN-activation,
-the upsampling nearest-neighbour. Upsampling goes to the size of the finer map: ×2 when the sizes
-are exact multiples (what ``transformers`` computes), and still defined for odd sizes (where its
-``scale_factor=2`` fails). Names follow ``transformers``' ``RTDetrHybridEncoder``.
+The lateral convolution is 1x1 conv-BN-activation, the downsampling 3x3 stride-2 conv-BN-activation.
+Upsampling, as the RT-DETR authors' code: nearest-neighbour ×2 when the finer map is exactly twice
+the coarser (what ``transformers`` computes, and the only case it accepts), bilinear to the finer
+map's size otherwise (input sizes not divisible by the coarsest stride). Names follow
+``transformers``' ``RTDetrHybridEncoder``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ from torch import nn
 
 from detr_blocks.conv_norm import ConvNormLayer, check_channels
 from detr_blocks.csp import CSPRepLayer
+
+
+def upsample_to(feature_map: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``[B, C, h, w]`` → ``[B, C, H, W]``: nearest ×2 when ``(H, W) == (2h, 2w)``, else bilinear
+    (``align_corners=False``)."""
+    height, width = feature_map.shape[-2:]
+    if tuple(size) == (2 * height, 2 * width):
+        return nn.functional.interpolate(feature_map, scale_factor=2.0, mode="nearest")
+    return nn.functional.interpolate(feature_map, size=tuple(size), mode="bilinear")
 
 
 class CCFM(nn.Module):
@@ -91,7 +101,7 @@ class CCFM(nn.Module):
             finer = features[self.num_levels - 2 - k]
             coarse = lateral_conv(top_down[-1])
             top_down[-1] = coarse
-            upsampled = nn.functional.interpolate(coarse, size=finer.shape[-2:], mode="nearest")
+            upsampled = upsample_to(coarse, finer.shape[-2:])
             top_down.append(fpn_block(torch.cat([upsampled, finer], dim=1)))
         top_down.reverse()
         outputs = [top_down[0]]

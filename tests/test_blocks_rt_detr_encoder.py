@@ -153,9 +153,21 @@ def test_hybrid_encoder_matches_transformers(overrides, sizes):
 
 
 def test_ccfm_handles_odd_sizes_and_names_bad_inputs():
+    """Sizes not exactly doubling (a 100x72 image at strides 8/16/32): transformers fails there; the
+    authors' code upsamples bilinearly to the finer map's size, written out here for two levels."""
     ccfm = CCFM(3, 8, num_blocks=1).eval()
-    features = [torch.randn(1, 8, 13, 9), torch.randn(1, 8, 7, 5), torch.randn(1, 8, 4, 3)]  # 100x72 image at strides 8/16/32
+    features = [torch.randn(1, 8, 13, 9), torch.randn(1, 8, 7, 5), torch.randn(1, 8, 4, 3)]
     assert [tuple(o.shape) for o in ccfm(features)] == [tuple(f.shape) for f in features]
+    two = _randomize(CCFM(2, 8, num_blocks=1), 7)
+    fine, coarse = torch.randn(1, 8, 7, 5), torch.randn(1, 8, 4, 3)
+    with torch.no_grad():
+        top = two.lateral_convs[0](coarse)
+        up = nn.functional.interpolate(top, size=(7, 5), mode="bilinear", align_corners=False)
+        expected_fine = two.fpn_blocks[0](torch.cat([up, fine], 1))
+        expected_coarse = two.pan_blocks[0](torch.cat([two.downsample_convs[0](expected_fine), top], 1))
+        got_fine, got_coarse = two([fine, coarse])
+    torch.testing.assert_close(got_fine, expected_fine)
+    torch.testing.assert_close(got_coarse, expected_coarse)
     with pytest.raises(ValueError, match="features"):
         ccfm(features[:2])
     with pytest.raises(ValueError, match="num_levels"):
