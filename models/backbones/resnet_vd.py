@@ -13,9 +13,12 @@ The state dict uses ``transformers``' ``RTDetrResNetBackbone`` names
 shortcut}...``), so its checkpoints load unchanged. Like our other bodies it returns a list of maps
 and lists their ``channels`` and ``strides`` (what ``ConvEncoder`` expects).
 
-Where ``transformers`` differs: its basic blocks apply the average pool whenever the first block of a
-stage changes width, even at stride 1 (which fails on shapes), and its inner convolutions use ReLU
-whatever ``hidden_act`` says; here the pool goes with stride 2 only, and ``hidden_act`` must be ReLU.
+Where ``transformers`` differs: its basic blocks apply the average pool whenever the first block of
+a stage changes width, even at stride 1 (a shape error), and its inner convolutions use ReLU
+whatever ``hidden_act`` says; here a basic block pools when it both downsamples and changes width
+(every published size), and ``hidden_act`` must be ReLU. A configuration only ``transformers``
+expresses (a stride-2 first stage of basic blocks without a width change: a stride-2 1x1
+projection) follows ``transformers``.
 """
 
 from __future__ import annotations
