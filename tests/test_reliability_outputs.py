@@ -222,3 +222,13 @@ def test_a_config_file_that_disagrees_with_a_checkpoint_folder_is_refused(tiny_c
     same = tmp_path / "same.json"
     same.write_text(json.dumps({"num_queries": tiny_config["num_queries"]}))
     assert main([*argv, "--config", str(same)]) == 0
+
+
+def test_demo_train_into_an_earlier_demo_run_needs_overwrite(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("models.cli.demo.DEMO_SPLITS", {"train": 2, "val": 1})  # the refusal comes before any training
+    run = tmp_path / "demo" / "training"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--train", "--epochs", "1", "--test-images", "1", "--num-images", "0"]) == 2
+    _one_error(capsys, "holds a training run", "demo: --overwrite replaces the run")
+    assert (run / "metrics.jsonl").read_text() == '{"epoch": 1}\n'

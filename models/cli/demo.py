@@ -32,6 +32,7 @@ from models.data.coco import CocoDetection
 from models.data.synthetic import write_synthetic_coco
 from models.ddetr.config import DeformableDetrConfig
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
+from models.engine.run_folder import OutputConflict
 from models.engine.training import MODEL_DIR, TrainingArgs, train
 
 CHECKPOINT_DIR = DEMO_CHECKPOINT_DIR
@@ -75,7 +76,10 @@ def run_demo(ns) -> int:
         run_dir = out / "training"
         print(f"[2/4] training the demo detector ({values['epochs']} epochs) -> {run_dir}")
         run = TrainingArgs(data=str(data_dir), out=str(run_dir), overwrite=bool(getattr(ns, "overwrite", False)), **values)
-        train(run, DeformableDetrConfig(**DEMO_MODEL_CONFIG))
+        try:
+            train(run, DeformableDetrConfig(**DEMO_MODEL_CONFIG))
+        except OutputConflict as err:
+            raise CliError(f"{err} (demo: --overwrite replaces the run in {str(run_dir)!r}, or choose another --out)") from None
         checkpoint = run_dir / MODEL_DIR
     else:
         checkpoint = Path(ns.checkpoint) if ns.checkpoint and ns.checkpoint != DEMO_CHECKPOINT_NAME else CHECKPOINT_DIR
