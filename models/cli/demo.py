@@ -15,7 +15,7 @@ from pathlib import Path
 
 from models.cli.checks import check_nms
 from models.cli.detect import detect_images
-from models.cli.errors import CliError, check_output_dir
+from models.cli.errors import CliError, RunStopped, check_output_dir
 from models.cli.loading import DEMO_CHECKPOINT_DIR, DEMO_CHECKPOINT_NAME, load_detector, resolve_device
 from models.cli.presets import (  # noqa: F401 - the settings live in a torch-free module (--help reads them); re-exported
     DEMO_DATA_SEED,
@@ -33,7 +33,7 @@ from models.data.synthetic import write_synthetic_coco
 from models.ddetr.config import DeformableDetrConfig
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
 from models.engine.run_folder import OutputConflict
-from models.engine.training import MODEL_DIR, TrainingArgs, train
+from models.engine.training import MODEL_DIR, TrainingArgs, TrainingDiverged, train
 
 CHECKPOINT_DIR = DEMO_CHECKPOINT_DIR
 """The shipped demo detector (a Hugging Face-layout folder inside the installed package); ``--checkpoint demo`` names it."""
@@ -80,6 +80,8 @@ def run_demo(ns) -> int:
             train(run, DeformableDetrConfig(**DEMO_MODEL_CONFIG))
         except OutputConflict as err:
             raise CliError(f"{err} (demo: --overwrite replaces the run in {str(run_dir)!r}, or choose another --out)") from None
+        except TrainingDiverged as err:
+            raise RunStopped(str(err)) from err
         checkpoint = run_dir / MODEL_DIR
     else:
         checkpoint = Path(ns.checkpoint) if ns.checkpoint and ns.checkpoint != DEMO_CHECKPOINT_NAME else CHECKPOINT_DIR
