@@ -86,3 +86,11 @@ def test_resnet_vd_names_bad_arguments(kwargs, message):
         resnet_vd_from_transformers_config(RTDetrResNetConfig(hidden_act="gelu"))
     with pytest.raises(ValueError, match="pixel_values"):
         ResNetVdBody((1, 1, 1, 1), "basic", (8, 16, 24, 32), 8)(torch.randn(1, 1, 32, 32))
+
+
+def test_resnet_vd_exports():
+    body = ResNetVdBody((1, 1, 1, 1), "bottleneck", (16, 32, 48, 64), 8).eval()
+    pixel_values = torch.randn(1, 3, 64, 48)
+    exported = torch.export.export(body, (pixel_values,))
+    for got, want in zip(exported.module()(pixel_values), body(pixel_values)):
+        torch.testing.assert_close(got, want)

@@ -203,3 +203,21 @@ def test_every_public_block_is_in_the_package_docstring():
     import detr_blocks
 
     assert [n for n in detr_blocks.__all__ if not re.search(rf"\b{n}\b", detr_blocks.__doc__)] == []
+
+
+def test_fused_hybrid_encoder_exports():
+    """``torch.export`` sees through AIFI and the fused CCFM (the deployment form)."""
+
+    class Wrapper(nn.Module):
+        def __init__(self, encoder: HybridEncoder) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, fine, middle, coarse):
+            return tuple(self.encoder([fine, middle, coarse]))
+
+    encoder = fuse_repvgg_blocks(_randomize(_hybrid(_config()), 8))
+    features = (torch.randn(1, 16, 8, 12), torch.randn(1, 16, 4, 6), torch.randn(1, 16, 2, 3))
+    exported = torch.export.export(Wrapper(encoder), features)
+    for got, want in zip(exported.module()(*features), encoder(list(features))):
+        torch.testing.assert_close(got, want)
