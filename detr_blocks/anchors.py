@@ -45,6 +45,8 @@ def grid_anchors(
         raise ValueError(f"grid_size must be a positive number, got {grid_size!r}")
     if not isinstance(eps, (int, float)) or not 0 <= eps < 0.5:
         raise ValueError(f"eps must be in [0, 0.5), got {eps!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     per_level = []
     for level, (height, width) in enumerate(shapes):
         ys = (torch.arange(height, device=device).to(dtype) + 0.5) / height

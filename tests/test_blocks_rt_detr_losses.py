@@ -42,6 +42,8 @@ def test_grid_anchors_name_bad_arguments():
         grid_anchors([(2, 3)], grid_size=0)
     with pytest.raises(ValueError, match="eps"):
         grid_anchors([(2, 3)], eps=0.5)
+    with pytest.raises(ValueError, match="dtype"):
+        grid_anchors([(2, 3)], dtype=torch.int64)
 
 
 def _problem(seed: int, num_classes: int = 5, queries: int = 7, counts=(3, 0, 2)):
