@@ -55,7 +55,8 @@ Two-stage
         -> (coord_logits [B, k, 4] detached, indices [B, k]);  proposal_scores(class_logits, scoring) -> [B, S]
     proposal_position_embedding(proposal_logits, ...): deprecated, = box_sine_embedding(logits.sigmoid(), order="xy")
 Matching and losses
-    HungarianMatcher(class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, focal_alpha=0.25, focal_gamma=2.0)
+    HungarianMatcher(class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, focal_alpha=0.25, focal_gamma=2.0);
+        NaN/inf predictions raise NonFinitePredictions (a ValueError and a FloatingPointError)
     sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0) -> elementwise loss
     SetCriterion(num_classes, matcher=None, weight_dict=None (paper: loss_ce 2, loss_bbox 5, loss_giou 2),
                  losses=("labels", "boxes", "cardinality"), focal_alpha=0.25, focal_gamma=2.0, *,
@@ -126,7 +127,7 @@ from detr_blocks.feed_forward import FeedForward
 from detr_blocks.functional import inverse_sigmoid, refine_boxes
 from detr_blocks.hybrid_encoder import HybridEncoder
 from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_loss, weight_names
-from detr_blocks.matcher import HungarianMatcher
+from detr_blocks.matcher import HungarianMatcher, NonFinitePredictions
 from detr_blocks.mlp import MLP
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.query_position import BoxMLPQueryPosition, BoxQueryPosition, InputQueryPosition, box_sine_embedding
@@ -158,6 +159,7 @@ __all__ = [
     "FeedForward",
     "FusedRepVggBlock",
     "HungarianMatcher",
+    "NonFinitePredictions",
     "HybridEncoder",
     "InputQueryPosition",
     "LearnedPositionEmbedding",

@@ -12,6 +12,12 @@ from detr_blocks._targets import check_predictions, check_targets
 from detr_blocks.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 
+class NonFinitePredictions(ValueError, FloatingPointError):
+    """The predictions to match hold NaN or inf: no matching exists, the model has diverged. A
+    ``FloatingPointError`` (what a training loop's divergence check catches) and, as before, a
+    ``ValueError``."""
+
+
 class HungarianMatcher(nn.Module):
     """Assign each target to one query, minimizing per image
 
@@ -61,15 +67,17 @@ class HungarianMatcher(nn.Module):
             ``[Q, N]``.
 
         Raises:
-            ValueError: if the predictions or the cost hold NaN or inf.
+            NonFinitePredictions: (a ``ValueError`` and a ``FloatingPointError``) if the
+                predictions hold NaN or inf: the model has diverged.
+            ValueError: if the cost holds NaN or inf for another reason (degenerate target boxes).
         """
         if not torch.isfinite(pred_boxes).all():
-            raise ValueError(
+            raise NonFinitePredictions(
                 f"pred_boxes hold {int((~torch.isfinite(pred_boxes)).sum())} NaN/inf values, so the matching cost is undefined; "
                 "the model has most likely diverged (lower the learning rate, clip gradients, check fp16 overflow)"
             )
         if torch.isnan(logits).any():
-            raise ValueError(
+            raise NonFinitePredictions(
                 f"logits hold {int(torch.isnan(logits).sum())} NaN values, so the matching cost is undefined; "
                 "the model has most likely diverged (lower the learning rate, clip gradients, check fp16 overflow)"
             )
@@ -113,8 +121,8 @@ class HungarianMatcher(nn.Module):
                 continue
             try:
                 cost = self.cost_matrix(logits[index], pred_boxes[index], labels.to(logits.device), boxes.to(logits.device))
-            except ValueError as error:
-                raise ValueError(f"image {index} of the batch: {error}") from None
+            except ValueError as error:  # keeps the kind (NonFinitePredictions: the model diverged)
+                raise type(error)(f"image {index} of the batch: {error}") from None
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
             matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return matches

@@ -93,16 +93,18 @@ def test_all_empty_targets():
 def test_nan_or_inf_predictions_raise_a_clear_error(key, bad):
     outputs, targets = random_problem(2, 4, [2, 2], 3, 5)
     outputs[key][1, 2, 0] = bad
-    with pytest.raises(ValueError, match=rf"image 1.*{key}.*(NaN|inf).*diverged"):
+    with pytest.raises(ValueError, match=rf"image 1.*{key}.*(NaN|inf).*diverged") as caught:
         HungarianMatcher()(outputs, targets)
+    assert isinstance(caught.value, FloatingPointError)  # what a training loop's divergence check catches
 
 
 def test_nan_cost_from_zero_size_boxes_raises():
     outputs, targets = random_problem(1, 3, [1], 3, 6)
     outputs["pred_boxes"][0, :, 2:] = 0.0
     targets[0]["boxes"][0, 2:] = 0.0
-    with pytest.raises(ValueError, match="NaN/inf.*GIoU"):
+    with pytest.raises(ValueError, match="NaN/inf.*GIoU") as caught:
         HungarianMatcher()(outputs, targets)
+    assert not isinstance(caught.value, FloatingPointError)  # degenerate targets, not a diverged model
 
 
 def test_argument_errors():

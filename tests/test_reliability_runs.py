@@ -178,6 +178,21 @@ def test_nan_sampling_offsets_stop_training_as_a_divergence(tiny_config, data, t
         train(_args(data, tmp_path / "run"), DeformableDetrConfig(**tiny_config))
 
 
+def test_nan_predictions_from_finite_weights_stop_training_as_a_divergence(tiny_config, data, tmp_path, monkeypatch):
+    """Activations that overflow (finite weights, NaN boxes) make the matching impossible: that is a
+    divergence too, not a raw ValueError."""
+    real_forward = training.build_detector
+
+    def build_with_overflowing_boxes(*args, **kwargs):
+        model = real_forward(*args, **kwargs)
+        model.bbox_embed[0].layers[-1].register_forward_hook(lambda module, inputs, output: output * float("inf"))
+        return model
+
+    monkeypatch.setattr(training, "build_detector", build_with_overflowing_boxes)
+    with pytest.raises(TrainingDiverged, match=r"predictions are NaN or infinite at epoch 1, step 1"):
+        train(_args(data, tmp_path / "run"), DeformableDetrConfig(**tiny_config))
+
+
 def test_an_update_that_makes_the_weights_nan_is_never_saved_over_the_last_checkpoint(tiny_config, data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     config = DeformableDetrConfig(**tiny_config)

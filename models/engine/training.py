@@ -674,12 +674,14 @@ def _forward(parts: RunParts, args: TrainingArgs, batch: dict, device: torch.dev
             return parts.net(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
     except ValueError as err:
         broken = non_finite_weights(parts.model)
-        if not broken:
-            raise
-        raise TrainingDiverged(
-            f"weights are NaN or infinite ({_names(broken)}) at epoch {epoch + 1}, step {step + 1}, so the loss is undefined ({err}): "
-            f"{_what_is_kept(args)}"
-        ) from err
+        if broken:
+            raise TrainingDiverged(
+                f"weights are NaN or infinite ({_names(broken)}) at epoch {epoch + 1}, step {step + 1}, so the loss is undefined ({err}): "
+                f"{_what_is_kept(args)}"
+            ) from err
+        if isinstance(err, FloatingPointError):  # finite weights, but the activations overflowed
+            raise TrainingDiverged(f"predictions are NaN or infinite at epoch {epoch + 1}, step {step + 1} ({err}): {_what_is_kept(args)}") from err
+        raise
 
 
 def non_finite_weights(model: torch.nn.Module) -> list[str]:
