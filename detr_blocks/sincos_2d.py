@@ -45,6 +45,8 @@ def sincos_2d_position_embedding(
         raise ValueError(f"dim must be divisible by 4 (sin and cos of two axes), got {dim}")
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     frequencies = dim // 4
     omega = temperature ** -(torch.arange(frequencies, device=device).to(dtype) / frequencies)
     grid_i, grid_j = torch.meshgrid(

@@ -51,6 +51,7 @@ def test_sincos_table_matches_transformers(width, height, dim, temperature):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"width": 0, "height": 2, "dim": 8}, "width"), ({"width": 2, "height": 2.0, "dim": 8}, "height"),
     ({"width": 2, "height": 2, "dim": 6}, "dim"), ({"width": 2, "height": 2, "dim": 8, "temperature": 0}, "temperature"),
+    ({"width": 2, "height": 2, "dim": 8, "dtype": torch.int32}, "dtype"),
 ])
 def test_sincos_table_names_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
