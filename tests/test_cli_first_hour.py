@@ -23,6 +23,7 @@ from tests.doc_examples import README, python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = shutil.which("deformable-detr", path=str(Path(sys.executable).parent))
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent))
 
 
 def _error_lines(text: str) -> list[str]:
@@ -141,6 +142,14 @@ def test_the_console_script_works_next_to_a_users_models_py(users_folder, argv):
     done = subprocess.run([SCRIPT, *argv], cwd=users_folder, capture_output=True, text=True, timeout=120, env=_environment())
     assert done.returncode == 0, done.stderr
     assert "USER MODELS RAN" not in done.stdout and "deformable-detr" in done.stdout
+
+
+@pytest.mark.skipif(SCRIPT is None or TORCHRUN is None, reason="the deformable-detr or torchrun command is not installed")
+def test_torchrun_no_python_runs_the_installed_command_next_to_a_users_models_py(users_folder):
+    done = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "1", "--no-python", SCRIPT, "--version"], cwd=users_folder,
+                          capture_output=True, text=True, timeout=300, env=_environment(OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert "USER MODELS RAN" not in done.stdout and done.stdout.startswith("deformable-detr ")
 
 
 @pytest.mark.skipif(SCRIPT is None, reason="the deformable-detr console script is not installed")
