@@ -17,8 +17,6 @@ Parameter names are those of the Hugging Face models (``model.backbone.conv_enco
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from detr_blocks.decoder import DeformableDecoder
@@ -29,10 +27,10 @@ from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefin
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
 from models.common.deformable_transformer import DeformableTransformerModel, standard_parts
 from models.common.denoising_group import DenoisingGroup
-from models.common.detector import QueryGroupDetector
+from models.common.family_detector import DetectorParts, FamilyDetector, checked_config
 from models.common.key_rules import original_num_labels
 from models.common.layers import box_head, class_head, decoder_layers
-from models.common.pretrained import OriginalFormat, TiedStateDictMixin
+from models.common.pretrained import OriginalFormat
 from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import QueryGroup
 from models.common.selected_group import SelectedQueriesGroup
@@ -42,13 +40,6 @@ from models.ddetr.outputs import DeformableDetrModelOutput, DeformableDetrObject
 from models.ddetr.query_selection import LearnedQueries, TwoStageProposals
 
 BOX_EPS = 1e-5  # inverse_sigmoid's clamp in the paper's code
-
-
-def _check_config(config: Any) -> DeformableDetrConfig:
-    if not isinstance(config, DeformableDetrConfig):
-        raise TypeError(f"config must be a models.DeformableDetrConfig, got {type(config).__name__}")
-    config.validate()
-    return config
 
 
 def _backbone(config: DeformableDetrConfig, body: nn.Module | None) -> BackboneWithPositions:
@@ -127,7 +118,7 @@ class DeformableDetrModel(PretrainedMixin, DeformableTransformerModel):
         backbone_body: nn.Module | None = None,
         groups: list[QueryGroup] | None = None,
     ) -> None:
-        config = _check_config(config)
+        config = checked_config(self, config)
         if bbox_embed is None and class_embed is None and (config.two_stage or config.with_box_refine):
             class_embed, bbox_embed = _heads(config)
         if config.two_stage and (bbox_embed is None or class_embed is None or len(bbox_embed) <= config.decoder_layers):
@@ -172,7 +163,7 @@ def _criterion(config: DeformableDetrConfig) -> SetCriterion:
     return SetCriterion(config.num_labels, matcher, weight_dict=weights, focal_alpha=config.focal_alpha)
 
 
-class DeformableDetrForObjectDetection(PretrainedMixin, TiedStateDictMixin, QueryGroupDetector):
+class DeformableDetrForObjectDetection(FamilyDetector):
     """Deformable DETR with class and box heads on every decoder layer, and its training loss.
 
     ``class_embed`` and ``bbox_embed`` hold one head per decoder layer (plus one for two-stage
@@ -187,39 +178,19 @@ class DeformableDetrForObjectDetection(PretrainedMixin, TiedStateDictMixin, Quer
     ``transformers.Trainer`` can save it with safetensors; ``load_state_dict`` accepts it (see
     ``models.common.pretrained.TiedStateDictMixin``).
 
-    Args:
-        config: the ``DeformableDetrConfig``.
-        backbone_body: another backbone network (see ``DeformableDetrModel``).
-        query_selection: another query selection module.
-        groups: other training-time query groups (default: those the config switches on).
-        criterion: another criterion (default: ``SetCriterion`` with the config's weights).
+    Constructor: ``DeformableDetrForObjectDetection(config, *, backbone_body=None,
+    query_selection=None, groups=None, criterion=None)`` (``models.common.family_detector``).
     """
 
-    checkpoint_format: CheckpointFormat  # set below the classes
+    box_eps = BOX_EPS
+    detection_output = DeformableDetrObjectDetectionOutput
 
-    def __init__(
-        self,
-        config: DeformableDetrConfig,
-        *,
-        backbone_body: nn.Module | None = None,
-        query_selection: nn.Module | None = None,
-        groups: list[QueryGroup] | None = None,
-        criterion: nn.Module | None = None,
-    ) -> None:
-        config = _check_config(config)
+    def build_parts(
+        self, config: DeformableDetrConfig, *, backbone_body: nn.Module | None, query_selection: nn.Module | None, groups: list[QueryGroup] | None
+    ) -> DetectorParts:
         class_embed, bbox_embed = _heads(config)
-        model = DeformableDetrModel(
-            config, bbox_embed, class_embed, query_selection=query_selection, backbone_body=backbone_body, groups=groups
-        )
-        super().__init__(
-            config=config,
-            model=model,
-            class_embed=class_embed,
-            bbox_embed=bbox_embed,
-            criterion=_criterion(config) if criterion is None else criterion,
-            box_eps=BOX_EPS,
-            output_class=DeformableDetrObjectDetectionOutput,
-        )
+        model = DeformableDetrModel(config, bbox_embed, class_embed, query_selection=query_selection, backbone_body=backbone_body, groups=groups)
+        return DetectorParts(model, class_embed, bbox_embed, _criterion(config))
 
 
 CHECKPOINT_FORMAT = CheckpointFormat(

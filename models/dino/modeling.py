@@ -28,11 +28,11 @@ from detr_blocks.refinement import LookForwardTwice
 from models.backbones import BackboneWithPositions, ConvEncoder, build_backbone_body
 from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries, standard_parts
 from models.common.denoising_group import DenoisingGroup
-from models.common.detector import QueryGroupDetector
+from models.common.family_detector import DetectorParts, FamilyDetector, checked_config
 from models.common.key_rules import original_num_labels
 from models.common.layers import box_head, class_head, decoder_layers
 from models.common.multi_scale import MultiScaleFeatures
-from models.common.pretrained import OriginalFormat, TiedStateDictMixin
+from models.common.pretrained import OriginalFormat
 from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import QueryGroup, QueryLayout
 from models.dino import checkpoints
@@ -42,13 +42,6 @@ from models.dino.outputs import DinoModelOutput, DinoObjectDetectionOutput
 from models.dino.query_selection import MixedQuerySelection
 
 BOX_EPS = 1e-3  # DINO's inverse_sigmoid clamps at 1e-3 (Deformable DETR: 1e-5)
-
-
-def _check_config(config: Any) -> DinoConfig:
-    if not isinstance(config, DinoConfig):
-        raise TypeError(f"config must be a models.DinoConfig, got {type(config).__name__}")
-    config.validate()
-    return config
 
 
 def _decoder(config: DinoConfig, bbox_embed: nn.ModuleList) -> DeformableDecoder:
@@ -104,7 +97,7 @@ class DinoModel(PretrainedMixin, DeformableTransformerModel):
         query_selection: nn.Module | None = None,
         groups: list[QueryGroup] | None = None,
     ) -> None:
-        config = _check_config(config)
+        config = checked_config(self, config)
         if bbox_embed is None:
             _, bbox_embed, enc_class_head, enc_box_head = _heads(config)
         if len(bbox_embed) != config.decoder_layers:
@@ -154,7 +147,7 @@ def _heads(config: DinoConfig) -> tuple[nn.ModuleList, nn.ModuleList, nn.Module,
     return class_embed, bbox_embed, enc_class, enc_box
 
 
-class DinoForObjectDetection(PretrainedMixin, TiedStateDictMixin, QueryGroupDetector):
+class DinoForObjectDetection(FamilyDetector):
     """DINO with class and box heads on every decoder layer, and its training loss.
 
     ``class_embed`` / ``bbox_embed`` hold one head per decoder layer: the same module when
@@ -163,38 +156,21 @@ class DinoForObjectDetection(PretrainedMixin, TiedStateDictMixin, QueryGroupDete
     ``state_dict()`` lists each shared tensor once (``TiedStateDictMixin``), so ``transformers.Trainer``
     can save it with safetensors.
 
-    Args:
-        config: the ``DinoConfig``.
-        backbone_body: another backbone network (see ``DinoModel``).
-        query_selection: another query selection module.
-        groups: other training-time query groups (default: the denoising group).
-        criterion: another criterion (default: ``DinoCriterion``).
+    Constructor: ``DinoForObjectDetection(config, *, backbone_body=None, query_selection=None,
+    groups=None, criterion=None)`` (``models.common.family_detector``); the default criterion is
+    ``DinoCriterion``.
     """
 
-    checkpoint_format: CheckpointFormat  # set below the classes
+    box_eps = BOX_EPS
+    detection_output = DinoObjectDetectionOutput
 
-    def __init__(
-        self,
-        config: DinoConfig,
-        *,
-        backbone_body: nn.Module | None = None,
-        query_selection: nn.Module | None = None,
-        groups: list[QueryGroup] | None = None,
-        criterion: nn.Module | None = None,
-    ) -> None:
-        config = _check_config(config)
+    def build_parts(
+        self, config: DinoConfig, *, backbone_body: nn.Module | None, query_selection: nn.Module | None, groups: list[QueryGroup] | None
+    ) -> DetectorParts:
         class_embed, bbox_embed, enc_class, enc_box = _heads(config)
         model = DinoModel(config, bbox_embed, enc_class, enc_box, backbone_body=backbone_body, query_selection=query_selection, groups=groups)
         matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost, focal_alpha=config.focal_alpha)
-        super().__init__(
-            config=config,
-            model=model,
-            class_embed=class_embed,
-            bbox_embed=bbox_embed,
-            criterion=DinoCriterion(config, matcher) if criterion is None else criterion,
-            box_eps=BOX_EPS,
-            output_class=DinoObjectDetectionOutput,
-        )
+        return DetectorParts(model, class_embed, bbox_embed, DinoCriterion(config, matcher))
 
     def proposal_predictions(self, fields: dict[str, Any]) -> dict[str, Any]:
         """DINO supervises the *selected* proposals, class-aware (``interm_outputs``, terms ``_interm``)."""
