@@ -6,6 +6,8 @@ For each detector (Deformable DETR ResNet-50 at 800x1066, and the demo detector 
 - ours fp32 compiled: the same float graph through ``torch.export`` + ``torch.compile`` (inductor, freezing),
   to separate what compiling gives from what int8 gives;
 - ours int8: ``models.quantize`` (static int8 convolutions and linear layers, inductor);
+- ours int8 dynamic (``--dynamic``): ``QuantizationRecipe(activations="dynamic")``, int8 linear layers with
+  per-call activation scales, convolutions float32;
 - transformers fp32: ``transformers.DeformableDetrForObjectDetection`` with the same weights (R50 only);
 - ORT fp32: ONNX Runtime on our model exported to ONNX (the ONNX export runs the pure-PyTorch attention,
   ``disable_custom_kernels=True``, as our op has no ONNX form);
@@ -13,7 +15,7 @@ For each detector (Deformable DETR ResNet-50 at 800x1066, and the demo detector 
   uint8 activations) of that export, calibrated on the same batches.
 
 The R50 weights are random (transformers builds them; ours loads the same directory): speed does not
-depend on them. Calibration for both int8 paths: 2 batches of random images (the values do not change
+depend on them. Calibration for both int8 paths: random images (1 at 800x1066, 8 at 64x64) (the values do not change
 the speed either; ``bench_int8_accuracy`` measures accuracy on real images). Runs alternate between
 engines; the median of ``--repeats`` is reported.
 
@@ -29,6 +31,7 @@ Writes the "int8_speed" section of docs/benchmarks/int8.md ("int8_speed_avx2" ..
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -42,7 +45,7 @@ import torch
 from benchmarks.report import machine_description, write_section
 from models import DeformableDetrForObjectDetection
 from models.cli.demo import CHECKPOINT_DIR
-from models.quantization import quantize
+from models.quantization import QuantizationRecipe, quantize
 from models.quantization.cpu_support import isa_summary
 from models.quantization.export import OutputFields, export_detector
 
@@ -140,7 +143,11 @@ def profile_table(run: Callable[[], object], rows: int = 8) -> str:
     return "\n".join(lines)
 
 
-def bench_detector(name: str, checkpoint: str, inputs, calibration, reference, repeats: int, threads: int, scratch: str):
+def bench_detector(name: str, checkpoint: str, inputs, calibration, reference, repeats: int, threads: int, scratch: str, others: bool = True,
+                   dynamic: bool = False):
+    # ONNX Runtime first: its calibration holds every intermediate tensor of a batch (gigabytes at 800x1066)
+    sessions = onnx_sessions(checkpoint, inputs, calibration, scratch, threads) if others else {}
+    gc.collect()
     ours = DeformableDetrForObjectDetection.from_pretrained(checkpoint).eval()
     started = time.perf_counter()
     int8 = quantize(ours, calibration)
@@ -150,9 +157,12 @@ def bench_detector(name: str, checkpoint: str, inputs, calibration, reference, r
         "ours fp32 compiled": compiled_float(ours, inputs),
         "ours int8": lambda: int8(pixel_values=inputs[0], pixel_mask=inputs[1]),
     }
-    if reference is not None:
+    if dynamic:
+        int8_dynamic = quantize(ours, calibration, QuantizationRecipe(activations="dynamic"))
+        runs["ours int8 dynamic"] = lambda: int8_dynamic(pixel_values=inputs[0], pixel_mask=inputs[1])
+    if reference is not None and others:
         runs["transformers fp32"] = lambda: reference(pixel_values=inputs[0], pixel_mask=inputs[1])
-    runs.update(onnx_sessions(checkpoint, inputs, calibration, scratch, threads))
+    runs.update(sessions)
     load_before = os.getloadavg()[0]
     median = measure(runs, repeats)
     load_after = os.getloadavg()[0]
@@ -166,6 +176,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=("r50", "demo"))
+    parser.add_argument("--ours-only", action="store_true", help="skip transformers and ONNX Runtime")
+    parser.add_argument("--dynamic", action="store_true", help="also time QuantizationRecipe(activations='dynamic') (int8 linear layers only)")
     parser.add_argument("--out", default=str(PAGE))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -186,16 +198,17 @@ def main() -> None:
             r50_dir = os.path.join(scratch, "r50")
             reference.save_pretrained(r50_dir)
             inputs = (torch.randn(1, 3, 800, 1066), torch.ones(1, 800, 1066, dtype=torch.long))
-            calibration = [{"pixel_values": torch.randn(1, 3, 800, 1066), "pixel_mask": inputs[1]} for _ in range(2)]
-            results["R50, 800x1066"] = bench_detector("r50", r50_dir, inputs, calibration, reference, args.repeats, args.threads, os.path.join(scratch, "onnx_r50"))
+            calibration = [{"pixel_values": torch.randn(1, 3, 800, 1066), "pixel_mask": inputs[1]}]  # one: ORT's calibration holds every activation
+            results["R50, 800x1066"] = bench_detector("r50", r50_dir, inputs, calibration, reference, args.repeats, args.threads, os.path.join(scratch, "onnx_r50"), not args.ours_only, args.dynamic)
         if args.only in (None, "demo"):
             inputs = (torch.randn(1, 3, 64, 64), torch.ones(1, 64, 64, dtype=torch.long))
             calibration = [{"pixel_values": torch.randn(4, 3, 64, 64), "pixel_mask": torch.ones(4, 64, 64, dtype=torch.long)} for _ in range(2)]
-            results["demo, 64x64"] = bench_detector("demo", str(CHECKPOINT_DIR), inputs, calibration, None, args.repeats * 20, args.threads, os.path.join(scratch, "onnx_demo"))
+            results["demo, 64x64"] = bench_detector("demo", str(CHECKPOINT_DIR), inputs, calibration, None, args.repeats * 20, args.threads, os.path.join(scratch, "onnx_demo"), not args.ours_only, args.dynamic)
 
     restricted = {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(name)}
     section = "_".join(["int8_speed", *(value.lower() for value in restricted.values())])
-    engines = ("ours fp32", "ours fp32 compiled", "ours int8", "transformers fp32", "ORT fp32", "ORT int8")
+    engines = ("ours fp32", "ours fp32 compiled", "ours int8", "ours int8 dynamic", "transformers fp32", "ORT fp32", "ORT int8")
+    engines = tuple(e for e in engines if any(e in median for median, *_ in results.values()))
     lines = [
         "## Speed: float32 vs int8 on CPU (`" + " ".join([*(f"{k}={v}" for k, v in restricted.items()), "python -m benchmarks.bench_int8"]) + "`)",
         "",
