@@ -17,52 +17,19 @@ and AP per epoch for both).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 
-from models.cli.demo import DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_TRAIN_ARGS
-from models.data.coco import CocoDetection
-from models.data.synthetic import write_synthetic_coco
+from benchmarks.convergence import curve, epoch_table, final_table, plot, prepare, train_and_test
+from models.cli.demo import DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG
 from models.ddetr.config import DeformableDetrConfig
 from models.dino.config import DinoConfig
-from models.engine.evaluation import coco_metrics, predict_dataset
-from models.engine.families import family_of
-from models.engine.training import MODEL_DIR, TrainingArgs, train
-from models.processing.image_processing import DeformableDetrImageProcessor
+from models.registry import family_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DINO_CONFIG = DEMO_DINO_CONFIG  # train --model dino --preset demo
-
-
-def _curve(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def _plot(curves: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, ap_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for (name, records), colour in zip(curves.items(), ("tab:blue", "tab:orange")):
-        epochs = [record["epoch"] for record in records]
-        loss_axis.plot(epochs, [record["train_loss_ce"] + record["train_loss_bbox"] * 5 + record["train_loss_giou"] * 2 for record in records],
-                       marker="o", color=colour, label=name)
-        ap_axis.plot(epochs, [record.get("AP50", float("nan")) for record in records], marker="o", color=colour, label=f"{name} AP50")
-        ap_axis.plot(epochs, [record.get("AP", float("nan")) for record in records], marker="s", linestyle="--", color=colour, label=f"{name} AP")
-    loss_axis.set(title="final-layer training loss (ce + 5 L1 + 2 GIoU)", xlabel="epoch", ylabel="loss")
-    ap_axis.set(title="held-out COCO AP (val split)", xlabel="epoch", ylabel="AP", ylim=(0, 1))
-    for axis in (loss_axis, ap_axis):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -77,34 +44,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     if args.plot_only:
-        _plot({name: _curve(out / slug) for name, slug in (("Deformable DETR", "deformable-detr"), ("DINO", "dino"))}, args.docs / "dino_convergence.png")
+        plot({name: curve(out / slug) for name, slug in (("Deformable DETR", "deformable-detr"), ("DINO", "dino"))}, args.docs / "dino_convergence.png")
         return
-    written = write_synthetic_coco(out / "data", {"train": 2000, "val": 100, "test": 200}, DEMO_SPEC, 0)
-    recipe = {**DEMO_TRAIN_ARGS, "epochs": args.epochs, "lr_drop": max(1, args.epochs - 1), "max_steps_per_epoch": args.steps, "eval_every": 1}
+    data, recipe, test_set = prepare(out, args.epochs, args.steps)
     configs = {"Deformable DETR": DeformableDetrConfig(**DEMO_MODEL_CONFIG), "DINO": DinoConfig(**DINO_CONFIG)}
-    curves, final, seconds = {}, {}, {}
-    test_images, test_annotations = written["test"]
-    test_set = CocoDetection(test_images, test_annotations)
+    results = {}
     for name, config in configs.items():
         run_dir = out / family_of(config).name
-        started = time.time()
         print(f"training {name} -> {run_dir}", flush=True)
-        train(TrainingArgs(data=str(out / "data"), out=str(run_dir), **recipe), config)
-        seconds[name] = time.time() - started
-        curves[name] = _curve(run_dir)
-        model = family_of(config).detector_class.from_pretrained(run_dir / MODEL_DIR).eval()
-        processor = DeformableDetrImageProcessor.from_pretrained(run_dir / MODEL_DIR)
-        metrics, _ = coco_metrics(test_set.coco, predict_dataset(model, processor, test_set, batch_size=10))
-        final[name] = metrics
-        print(f"{name}: test AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} ({seconds[name] / 60:.1f} min)", flush=True)
+        results[name] = train_and_test(config, run_dir, data, recipe, test_set)
+        print(f"{name}: test AP {results[name].test['AP']:.3f} AP50 {results[name].test['AP50']:.3f} ({results[name].minutes:.1f} min)", flush=True)
 
     args.docs.mkdir(parents=True, exist_ok=True)
-    _plot(curves, args.docs / "dino_convergence.png")
-    epochs_rows = "\n".join(
-        f"| {epoch + 1} | " + " | ".join(f"{curves[name][epoch].get('AP50', float('nan')):.3f} / {curves[name][epoch].get('AP', float('nan')):.3f}" for name in configs) + " |"
-        for epoch in range(min(len(curve) for curve in curves.values()))
-    )
-    final_rows = "\n".join(f"| {name} | {final[name]['AP']:.3f} | {final[name]['AP50']:.3f} | {final[name]['AP75']:.3f} | {seconds[name] / 60:.1f} |" for name in configs)
+    curves = {name: result.curve for name, result in results.items()}
+    plot(curves, args.docs / "dino_convergence.png")
     command = f"python -m benchmarks.bench_dino_convergence --epochs {args.epochs} --steps {args.steps} --threads {args.threads}"
     text = f"""## DINO vs Deformable DETR: convergence under the same budget (synthetic data, CPU)
 
@@ -119,15 +72,11 @@ mixed query selection and look-forward-twice. Machine: {platform.processor() or 
 
 Held-out test split (200 images no run reads), final models:
 
-| model | AP | AP50 | AP75 | training minutes |
-|---|---|---|---|---|
-{final_rows}
+{final_table(results)}
 
 Validation AP50 / AP after each epoch:
 
-| epoch | {' | '.join(configs)} |
-|---|{'---|' * len(configs)}
-{epochs_rows}
+{epoch_table(curves)}
 
 ![training loss and AP per epoch](dino_convergence.png)
 """
