@@ -7,9 +7,10 @@
 //      accumulators so the FMAs do not wait on each other.
 // The forward computes the tables of the next row before the channel loop of this one and prefetches
 // the corners it will read (measured 10% faster: the corner loads miss L1 most of the time).
-// The backward adds a third step: the per-corner dot products <grad_out, value_corner> of step 2 are
-// summed eight at a time (vec8::sum_lanes) and turned into the location and weight gradients in
-// vector lanes again. It runs in parallel over (batch, head), so each thread owns its part of
+// The backward adds a third step: the four per-corner dot products <grad_out, value_corner> of a point
+// are summed across lanes in registers (vec8::sum4_lanes, one store per point), transposed eight
+// points at a time (vec8::transpose_8x4) and turned into the location and weight gradients in vector
+// lanes again. It runs in parallel over (batch, head), so each thread owns its part of
 // grad_value and needs no atomics.
 //
 // Positions are int32 (fp32_kernels_apply checks that every offset fits). In place, a corner outside
@@ -407,7 +408,7 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
     float* head_grad = kPadded ? scratch_floats(ScratchSlot::kGradValue, maps->positions * D + kGradOffset) + kGradOffset
                                : nullptr;
     QueryCorners current(chunks), next(chunks);
-    std::vector<f8> dots(4 * padded, f8{});  // per corner and point: grad_out * value, summed later
+    std::vector<f8> sums(padded, f8{});  // per point, lanes 0-3: <grad_out, value> of its four corners
     const std::vector<float> zeros(D, 0.f);
     std::vector<float> discard(4 * D);  // in place: scatter target of corners outside the map
     std::vector<f8> g_storage(kVecs > 0 ? 0 : vecs);
@@ -486,24 +487,27 @@ void backward_kernel(const float* grad_output, const float* value, const Strides
           } else {
             for (int k = 0; k < 4; ++k) offset[k] = static_cast<int64_t>(t.pos[k * padded + i]) * strides.spatial;
           }
+          f8 dot[4];
 #pragma GCC unroll 4
           for (int k = 0; k < 4; ++k) {
             const bool read = kPadded || t.pos[k * padded + i] >= 0;
             const float* __restrict v = read ? hv + offset[k] : zeros.data();
             float* __restrict dv = read ? hg + offset[k] : discard.data() + k * D;
             const f8 w = vec8::broadcast(t.weight[k * padded + i]);
-            f8 dot{};
+            dot[k] = f8{};
             for (int64_t j = 0; j < vecs; ++j) {
-              dot += g[j] * vec8::load(v + j * kLanes);
+              dot[k] += g[j] * vec8::load(v + j * kLanes);
               vec8::store(dv + j * kLanes, vec8::load(dv + j * kLanes) + w * g[j]);
             }
-            dots[k * padded + i] = dot;
           }
+          // summed in registers: one store per point instead of four (the loop is bound by its
+          // loads and stores)
+          sums[i] = vec8::sum4_lanes(dot);
         }
         for (int64_t chunk = 0; chunk < chunks; ++chunk) {
           const Corners8& c = corners[chunk];
-          f8 s[4];
-          for (int k = 0; k < 4; ++k) s[k] = vec8::sum_lanes(&dots[k * padded + chunk * kLanes]);
+          f8 s[4];  // lane j: the corner's dot product for point chunk * 8 + j
+          vec8::transpose_8x4(&sums[chunk * kLanes], s);
           const f8 a = point_a[chunk];
           const f8 hx = 1.f - c.lx, hy = 1.f - c.ly;
           const f8 grad_a = (c.bw[0] * s[0] + c.bw[1] * s[1]) + (c.bw[2] * s[2] + c.bw[3] * s[3]);

@@ -103,21 +103,27 @@ inline void interleave_stream(float* xy, f8 x, f8 y) {
   stream(xy + kLanes, MSDA_SHUFFLE2(x, y, 4, 12, 5, 13, 6, 14, 7, 15));
 }
 
-// Lane j of the result is the sum of the lanes of v[j]: eight horizontal sums at once.
-inline f8 sum_lanes(const f8 v[kLanes]) {
-  // each step adds neighbouring lanes pairwise while merging two vectors into one
-  f8 s[4], t[2];
-  for (int j = 0; j < 4; ++j) {
-    const f8 a = v[2 * j], b = v[2 * j + 1];
-    s[j] = MSDA_SHUFFLE2(a, b, 0, 8, 2, 10, 4, 12, 6, 14) + MSDA_SHUFFLE2(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
-  }
-  // s[j] lanes: (v2j, v2j+1) partial sums of lane pairs {0,1}, {2,3}, {4,5}, {6,7}
-  for (int j = 0; j < 2; ++j) {
-    const f8 a = s[2 * j], b = s[2 * j + 1];
-    t[j] = MSDA_SHUFFLE2(a, b, 0, 1, 8, 9, 4, 5, 12, 13) + MSDA_SHUFFLE2(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
-  }
-  // t[j] lanes: v4j..v4j+3 over lane halves {0..3}, then the same four over {4..7}
-  return MSDA_SHUFFLE2(t[0], t[1], 0, 1, 2, 3, 8, 9, 10, 11) + MSDA_SHUFFLE2(t[0], t[1], 4, 5, 6, 7, 12, 13, 14, 15);
+// Lanes 0-3 of the result are the sums of the lanes of d[0], ..., d[3] (lanes 4-7 repeat them).
+inline f8 sum4_lanes(const f8 d[4]) {
+  const f8 s01 = MSDA_SHUFFLE2(d[0], d[1], 0, 8, 2, 10, 4, 12, 6, 14) + MSDA_SHUFFLE2(d[0], d[1], 1, 9, 3, 11, 5, 13, 7, 15);
+  const f8 s23 = MSDA_SHUFFLE2(d[2], d[3], 0, 8, 2, 10, 4, 12, 6, 14) + MSDA_SHUFFLE2(d[2], d[3], 1, 9, 3, 11, 5, 13, 7, 15);
+  // lanes: d0..d3 summed over lane halves {0..3}, then the same four over {4..7}
+  const f8 t = MSDA_SHUFFLE2(s01, s23, 0, 1, 8, 9, 4, 5, 12, 13) + MSDA_SHUFFLE2(s01, s23, 2, 3, 10, 11, 6, 7, 14, 15);
+  return t + MSDA_SHUFFLE2(t, t, 4, 5, 6, 7, 0, 1, 2, 3);
+}
+
+// From u[j] (lanes 0-3: four values of item j, as sum4_lanes returns), s[k] with lane j = lane k of u[j].
+inline void transpose_8x4(const f8 u[kLanes], f8 s[4]) {
+  f8 w[4], a[4];
+  for (int j = 0; j < 4; ++j) w[j] = MSDA_SHUFFLE2(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);  // items j | j + 4
+  a[0] = MSDA_SHUFFLE2(w[0], w[1], 0, 8, 1, 9, 4, 12, 5, 13);
+  a[1] = MSDA_SHUFFLE2(w[0], w[1], 2, 10, 3, 11, 6, 14, 7, 15);
+  a[2] = MSDA_SHUFFLE2(w[2], w[3], 0, 8, 1, 9, 4, 12, 5, 13);
+  a[3] = MSDA_SHUFFLE2(w[2], w[3], 2, 10, 3, 11, 6, 14, 7, 15);
+  s[0] = MSDA_SHUFFLE2(a[0], a[2], 0, 1, 8, 9, 4, 5, 12, 13);
+  s[1] = MSDA_SHUFFLE2(a[0], a[2], 2, 3, 10, 11, 6, 7, 14, 15);
+  s[2] = MSDA_SHUFFLE2(a[1], a[3], 0, 1, 8, 9, 4, 5, 12, 13);
+  s[3] = MSDA_SHUFFLE2(a[1], a[3], 2, 3, 10, 11, 6, 7, 14, 15);
 }
 
 }  // namespace vec8
