@@ -69,6 +69,34 @@ def rename_state_dict(
     return converted, unmapped
 
 
+_LAYER = r"^transformer\.{part}\.layers\.(\d+)\."
+# Key renaming rules both original repositories need (DINO's transformer keeps Deformable DETR's
+# layer layout): the backbone body, the level embedding, every encoder and decoder layer's parts,
+# the input projections and the per-layer heads; (pattern, replacement), first match wins.
+DEFORMABLE_LAYER_RULES: tuple[tuple[str, str], ...] = (
+    (r"^backbone\.0\.body\.(.*)$", r"model.backbone.conv_encoder.model.\1"),
+    (r"^transformer\.level_embed$", r"model.level_embed"),
+    (_LAYER.format(part="encoder") + r"self_attn\.(.*)$", r"model.encoder.layers.\1.self_attn.\2"),
+    (_LAYER.format(part="encoder") + r"norm1\.(.*)$", r"model.encoder.layers.\1.self_attn_layer_norm.\2"),
+    (_LAYER.format(part="encoder") + r"linear1\.(.*)$", r"model.encoder.layers.\1.fc1.\2"),
+    (_LAYER.format(part="encoder") + r"linear2\.(.*)$", r"model.encoder.layers.\1.fc2.\2"),
+    (_LAYER.format(part="encoder") + r"norm2\.(.*)$", r"model.encoder.layers.\1.final_layer_norm.\2"),
+    (_LAYER.format(part="decoder") + r"cross_attn\.(.*)$", r"model.decoder.layers.\1.encoder_attn.\2"),
+    (_LAYER.format(part="decoder") + r"norm1\.(.*)$", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
+    (_LAYER.format(part="decoder") + r"self_attn\.out_proj\.(.*)$", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
+    (_LAYER.format(part="decoder") + r"norm2\.(.*)$", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
+    (_LAYER.format(part="decoder") + r"linear1\.(.*)$", r"model.decoder.layers.\1.fc1.\2"),
+    (_LAYER.format(part="decoder") + r"linear2\.(.*)$", r"model.decoder.layers.\1.fc2.\2"),
+    (_LAYER.format(part="decoder") + r"norm3\.(.*)$", r"model.decoder.layers.\1.final_layer_norm.\2"),
+    (r"^input_proj\.(\d+)\.(\d+)\.(.*)$", r"model.input_proj.\1.\2.\3"),
+    (r"^(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),
+)
+# Both repositories register the per-layer heads a second time inside the decoder (same tensors),
+# and stack the decoder self-attention's q, k, v in one in_proj (split on load).
+DECODER_HEAD_ALIASES = ((r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),)
+DECODER_IN_PROJ = (_LAYER.format(part="decoder") + r"self_attn\.in_proj_(weight|bias)$", r"model.decoder.layers.\1.self_attn.{name}.\2")
+
+
 def original_arg(args: Any, name: str, default: Any) -> Any:
     """``args.name`` of an original checkpoint's ``args`` (a Namespace or a dict), or ``default``."""
     return args.get(name, default) if isinstance(args, Mapping) else getattr(args, name, default)

@@ -20,40 +20,22 @@ from typing import Any
 
 import torch
 
+from models.common.key_rules import DECODER_HEAD_ALIASES, DECODER_IN_PROJ, DEFORMABLE_LAYER_RULES, rename_state_dict, shared_original_fields
 from models.common.key_rules import original_arg as _arg
-from models.common.key_rules import rename_state_dict, shared_original_fields
 from models.ddetr.config import DeformableDetrConfig
 from models.ddetr.variant_table import VARIANT_SWITCHES
 
 # (pattern, replacement) applied in order to every key of an original-repository state dict;
 # the first pattern that matches wins.
 _ORIGINAL_RULES: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.0\.body\.(.*)$", r"model.backbone.conv_encoder.model.\1"),
     (r"^backbone\.1\.row_embed\.(.*)$", r"model.backbone.position_embedding.row_embeddings.\1"),
     (r"^backbone\.1\.col_embed\.(.*)$", r"model.backbone.position_embedding.column_embeddings.\1"),
-    (r"^transformer\.level_embed$", r"model.level_embed"),
-    (r"^transformer\.encoder\.layers\.(\d+)\.self_attn\.(.*)$", r"model.encoder.layers.\1.self_attn.\2"),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm1\.(.*)$", r"model.encoder.layers.\1.self_attn_layer_norm.\2"),
-    (r"^transformer\.encoder\.layers\.(\d+)\.linear1\.(.*)$", r"model.encoder.layers.\1.fc1.\2"),
-    (r"^transformer\.encoder\.layers\.(\d+)\.linear2\.(.*)$", r"model.encoder.layers.\1.fc2.\2"),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm2\.(.*)$", r"model.encoder.layers.\1.final_layer_norm.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.cross_attn\.(.*)$", r"model.decoder.layers.\1.encoder_attn.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.(.*)$", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.(.*)$", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.(.*)$", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.linear1\.(.*)$", r"model.decoder.layers.\1.fc1.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.linear2\.(.*)$", r"model.decoder.layers.\1.fc2.\2"),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm3\.(.*)$", r"model.decoder.layers.\1.final_layer_norm.\2"),
+    *DEFORMABLE_LAYER_RULES,
     (r"^transformer\.(reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\.(.*)$", r"model.\1.\2"),
     (r"^query_embed\.weight$", r"model.query_position_embeddings.weight"),
-    (r"^input_proj\.(\d+)\.(\d+)\.(.*)$", r"model.input_proj.\1.\2.\3"),
-    (r"^(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),
     (r"^class_embed\.(weight|bias)$", r"class_embed.0.\1"),
     (r"^bbox_embed\.layers\.(.*)$", r"bbox_embed.0.layers.\1"),
 )
-# The original model registers its heads a second time inside the decoder (same tensors).
-_ORIGINAL_ALIASES = ((r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),)
-_IN_PROJ = (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$", r"model.decoder.layers.\1.self_attn.{name}.\2")
 # Hugging Face models also register the heads inside the decoder; the files may or may not hold them.
 _HF_DECODER_ALIAS = re.compile(r"^model\.decoder\.(class_embed|bbox_embed)\.(.*)$")
 
@@ -82,7 +64,7 @@ def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
     Returns:
         (renamed state dict, keys that matched no rule).
     """
-    return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ORIGINAL_ALIASES, in_proj=_IN_PROJ)
+    return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=DECODER_HEAD_ALIASES, in_proj=DECODER_IN_PROJ)
 
 
 def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> DeformableDetrConfig:

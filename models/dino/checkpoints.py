@@ -13,35 +13,17 @@ from typing import Any
 
 import torch
 
+from models.common.key_rules import DECODER_HEAD_ALIASES, DECODER_IN_PROJ, DEFORMABLE_LAYER_RULES, rename_state_dict, shared_original_fields
 from models.common.key_rules import original_arg as _arg
-from models.common.key_rules import rename_state_dict, shared_original_fields
 from models.dino.config import DinoConfig
 
-_LAYER = r"^transformer\.{part}\.layers\.(\d+)\."
 _ORIGINAL_RULES: tuple[tuple[str, str], ...] = (
-    (r"^backbone\.0\.body\.(.*)$", r"model.backbone.conv_encoder.model.\1"),
-    (r"^transformer\.level_embed$", r"model.level_embed"),
-    (_LAYER.format(part="encoder") + r"self_attn\.(.*)$", r"model.encoder.layers.\1.self_attn.\2"),
-    (_LAYER.format(part="encoder") + r"norm1\.(.*)$", r"model.encoder.layers.\1.self_attn_layer_norm.\2"),
-    (_LAYER.format(part="encoder") + r"linear1\.(.*)$", r"model.encoder.layers.\1.fc1.\2"),
-    (_LAYER.format(part="encoder") + r"linear2\.(.*)$", r"model.encoder.layers.\1.fc2.\2"),
-    (_LAYER.format(part="encoder") + r"norm2\.(.*)$", r"model.encoder.layers.\1.final_layer_norm.\2"),
-    (_LAYER.format(part="decoder") + r"cross_attn\.(.*)$", r"model.decoder.layers.\1.encoder_attn.\2"),
-    (_LAYER.format(part="decoder") + r"norm1\.(.*)$", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
-    (_LAYER.format(part="decoder") + r"self_attn\.out_proj\.(.*)$", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
-    (_LAYER.format(part="decoder") + r"norm2\.(.*)$", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
-    (_LAYER.format(part="decoder") + r"linear1\.(.*)$", r"model.decoder.layers.\1.fc1.\2"),
-    (_LAYER.format(part="decoder") + r"linear2\.(.*)$", r"model.decoder.layers.\1.fc2.\2"),
-    (_LAYER.format(part="decoder") + r"norm3\.(.*)$", r"model.decoder.layers.\1.final_layer_norm.\2"),
+    *DEFORMABLE_LAYER_RULES,
     (r"^transformer\.decoder\.norm\.(.*)$", r"model.decoder.intermediate_norm.\1"),
     (r"^transformer\.decoder\.ref_point_head\.(.*)$", r"model.decoder.query_position.mlp.\1"),
     (r"^transformer\.(enc_output|enc_output_norm|enc_out_class_embed|enc_out_bbox_embed|tgt_embed)\.(.*)$", r"model.\1.\2"),
     (r"^label_enc\.(.*)$", r"model.label_enc.\1"),
-    (r"^input_proj\.(\d+)\.(\d+)\.(.*)$", r"model.input_proj.\1.\2.\3"),
-    (r"^(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),
 )
-_ALIASES = ((r"^transformer\.decoder\.(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),)
-_IN_PROJ = (_LAYER.format(part="decoder") + r"self_attn\.in_proj_(weight|bias)$", r"model.decoder.layers.\1.self_attn.{name}.\2")
 
 # Options of the original code, and the value this assembly implements (anything else is refused).
 _IMPLEMENTED: dict[str, Any] = {
@@ -73,7 +55,7 @@ _ORIGINAL_DEFAULTS = {
 
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an original DINO state dict to our key layout; returns (renamed, keys matching no rule)."""
-    return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=_ALIASES, in_proj=_IN_PROJ)
+    return rename_state_dict(state_dict, _ORIGINAL_RULES, aliases=DECODER_HEAD_ALIASES, in_proj=DECODER_IN_PROJ)
 
 
 def config_from_original_args(args: Any, num_labels: int, **overrides: Any) -> DinoConfig:
