@@ -25,7 +25,8 @@ To measure an AVX2 machine on a newer one, restrict PyTorch's kernels and oneDNN
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.bench_int8`` (inductor follows
 ``ATEN_CPU_CAPABILITY``; ONNX Runtime has no such switch and keeps using what the CPU has).
 
-Writes the "int8_speed" section of docs/benchmarks/int8.md ("int8_speed_avx2" ... when restricted).
+Writes the "int8_speed" section of docs/benchmarks/int8.md ("int8_speed_avx2_avx2_r50" with the
+restriction and ``--only r50``, ...).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def onnx_sessions(checkpoint: str, inputs: tuple[torch.Tensor, torch.Tensor], ca
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{"pixel_values": b["pixel_values"].numpy(), "pixel_mask": b["pixel_mask"].numpy()} for b in calibration])
+            # the export takes one image at a time: the same calibration images, one per call
+            self.batches = iter([{"pixel_values": b["pixel_values"][i : i + 1].numpy(), "pixel_mask": b["pixel_mask"][i : i + 1].numpy()}
+                                 for b in calibration for i in range(b["pixel_values"].shape[0])])
 
         def get_next(self):
             return next(self.batches, None)
@@ -206,13 +209,15 @@ def main() -> None:
             results["demo, 64x64"] = bench_detector("demo", str(CHECKPOINT_DIR), inputs, calibration, None, args.repeats * 20, args.threads, os.path.join(scratch, "onnx_demo"), not args.ours_only, args.dynamic)
 
     restricted = {name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if os.environ.get(name)}
-    section = "_".join(["int8_speed", *(value.lower() for value in restricted.values())])
+    section = "_".join(["int8_speed", *(value.lower() for value in restricted.values()), *([args.only] if args.only else [])])
     engines = ("ours fp32", "ours fp32 compiled", "ours int8", "ours int8 dynamic", "transformers fp32", "ORT fp32", "ORT int8")
     engines = tuple(e for e in engines if any(e in median for median, *_ in results.values()))
     lines = [
         "## Speed: float32 vs int8 on CPU (`" + " ".join([*(f"{k}={v}" for k, v in restricted.items()), "python -m benchmarks.bench_int8"]) + "`)",
         "",
-        f"Machine: {machine_description()}; ISA {isa_summary()}; {os.cpu_count()} CPUs shared with other jobs. "
+        f"Machine: {machine_description()}; ISA {isa_summary()}"
+        + (f" (used: only what {', '.join(f'{k}={v}' for k, v in restricted.items())} allows)" if restricted else "")
+        + f"; {os.cpu_count()} CPUs shared with other jobs. "
         f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}. "
         f"Batch 1, {args.threads} threads, median of alternating runs; ratio = ours fp32 time / engine time (higher is faster).",
         "",

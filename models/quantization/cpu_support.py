@@ -2,8 +2,9 @@
 
 The int8 graph runs through ``torch.compile`` (inductor), which lowers quantized convolutions and
 linear layers to oneDNN's int8 kernels and compiles the glue code with the C++ compiler. It needs an
-x86-64 CPU with AVX2 (int8 dot products are fast with VNNI: AVX512-VNNI or AVX-VNNI), a C++ compiler,
-and ``torchao`` (PyTorch's quantization library: ``pip install torchao``).
+x86-64 CPU with AVX2, a C++ compiler, and ``torchao`` (PyTorch's quantization library:
+``pip install torchao``). VNNI (AVX512-VNNI, AVX-VNNI) is not required: with oneDNN restricted to AVX2
+the ResNet-50 detector still ran 1.89x faster in int8 than in float32 (docs/benchmarks/int8.md).
 """
 
 from __future__ import annotations
