@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import inspect
 import warnings
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ _HF_FILE_KEYS = frozenset({"model_type", "architectures", "transformers_version"
 def check_config_keys(data: dict[str, Any], source: str, config_class: type = DeformableDetrConfig) -> None:
     """Raise ``CliError`` naming ``source`` and every key of ``data`` that no ``config_class`` field
     takes (a typo such as ``num_querys`` would otherwise be kept silently as an extra attribute)."""
-    known = set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+    known = set(config_class.field_names())
     known |= _HF_FILE_KEYS | _IGNORED_BASE_KEYS
     unknown = sorted(key for key in data if key not in known)
     if unknown:

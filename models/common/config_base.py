@@ -43,6 +43,10 @@ def check_bools(config: Any, names: tuple[str, ...]) -> None:
             raise ValueError(f"{name} must be a bool, got {getattr(config, name)!r}")
 
 
+# The fields every family's config has, with one name and one meaning (each family gives its defaults).
+COMMON_FIELDS: tuple[str, ...] = ('backbone', 'dilation', 'num_channels', 'use_pretrained_backbone', 'd_model', 'num_queries', 'num_feature_levels', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads', 'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim', 'encoder_n_points', 'decoder_n_points', 'dropout', 'attention_dropout', 'activation_dropout', 'activation_function', 'disable_custom_kernels', 'class_cost', 'bbox_cost', 'giou_cost', 'class_loss_coefficient', 'bbox_loss_coefficient', 'giou_loss_coefficient', 'focal_alpha', 'auxiliary_loss', 'output_attentions', 'output_hidden_states', 'return_dict')
+
+
 class DetectionConfig:
     """Base of the families' configs: ``num_labels`` / ``id2label`` / ``label2id`` and serialisation."""
 
@@ -64,6 +68,17 @@ class DetectionConfig:
 
     def validate(self) -> None:  # pragma: no cover - every family implements it
         raise NotImplementedError
+
+    common_defaults: dict[str, Any] = {}
+    """A family that takes the shared fields as keywords (not in its signature): their defaults."""
+
+    def _set_common(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Set every field of ``COMMON_FIELDS`` from ``given`` or ``common_defaults``; returns the
+        other keys of ``given`` (the family's ``_finish`` checks them)."""
+        rest = dict(given)
+        for name in COMMON_FIELDS:
+            setattr(self, name, copy.deepcopy(rest.pop(name) if name in rest else self.common_defaults[name]))
+        return rest
 
     # The fields every family's config has, with one meaning and one check (a family's ``validate``
     # calls ``validate_common`` first, then checks its own fields).
@@ -92,7 +107,8 @@ class DetectionConfig:
     @classmethod
     def field_names(cls) -> frozenset[str]:
         """The config's argument names (what ``from_pretrained`` may override)."""
-        return frozenset(name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs"))
+        names = {name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")}
+        return frozenset(names | (set(COMMON_FIELDS) if cls.common_defaults else set()))
 
     # ----------------------------------------------------------------------------------- labels
     def _set_labels(self, num_labels: int | None, id2label: dict | None, label2id: dict | None) -> None:

@@ -47,34 +47,52 @@ class DinoConfig(DetectionConfig):
     when the call does not say).
 
     Classes: ``num_labels`` / ``id2label`` / ``label2id``.
+
+    The fields every family has (backbone, transformer sizes, matching and loss weights, output
+    switches) are declared once, in ``models.common.config_base.COMMON_FIELDS``, and take DINO's
+    defaults from ``common_defaults``; the signature lists DINO's own fields.
     """
 
     model_type = MODEL_TYPE
+    common_defaults: dict[str, Any] = {
+        "backbone": "resnet50",
+        "dilation": False,
+        "num_channels": 3,
+        "use_pretrained_backbone": False,
+        "d_model": 256,
+        "num_queries": 900,
+        "num_feature_levels": 4,
+        "encoder_layers": 6,
+        "decoder_layers": 6,
+        "encoder_attention_heads": 8,
+        "decoder_attention_heads": 8,
+        "encoder_ffn_dim": 2048,
+        "decoder_ffn_dim": 2048,
+        "encoder_n_points": 4,
+        "decoder_n_points": 4,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "activation_function": "relu",
+        "disable_custom_kernels": False,
+        "class_cost": 2.0,
+        "bbox_cost": 5.0,
+        "giou_cost": 2.0,
+        "class_loss_coefficient": 1.0,
+        "bbox_loss_coefficient": 5.0,
+        "giou_loss_coefficient": 2.0,
+        "focal_alpha": 0.25,
+        "auxiliary_loss": True,
+        "output_attentions": False,
+        "output_hidden_states": False,
+        "return_dict": True,
+    }
+    """The shared fields (``models.common.config_base.COMMON_FIELDS``) with DINO's defaults."""
 
     def __init__(
         self,
-        backbone: str = "resnet50",
         backbone_out_indices: list[int] | tuple[int, ...] = (2, 3, 4),
-        dilation: bool = False,
-        num_channels: int = 3,
-        use_pretrained_backbone: bool = False,
-        d_model: int = 256,
-        num_queries: int = 900,
-        num_feature_levels: int = 4,
-        encoder_layers: int = 6,
-        decoder_layers: int = 6,
-        encoder_attention_heads: int = 8,
-        decoder_attention_heads: int = 8,
-        encoder_ffn_dim: int = 2048,
-        decoder_ffn_dim: int = 2048,
-        encoder_n_points: int = 4,
-        decoder_n_points: int = 4,
-        dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        activation_function: str = "relu",
         position_embedding_temperature: float = 20.0,
-        disable_custom_kernels: bool = False,
         dec_pred_class_embed_share: bool = True,
         dec_pred_bbox_embed_share: bool = True,
         two_stage_class_embed_share: bool = False,
@@ -83,45 +101,15 @@ class DinoConfig(DetectionConfig):
         dn_label_noise_ratio: float = 0.5,
         dn_box_noise_scale: float = 0.4,
         dn_labelbook_size: int | None = None,
-        class_cost: float = 2.0,
-        bbox_cost: float = 5.0,
-        giou_cost: float = 2.0,
-        class_loss_coefficient: float = 1.0,
-        bbox_loss_coefficient: float = 5.0,
-        giou_loss_coefficient: float = 2.0,
         interm_loss_coefficient: float = 1.0,
-        focal_alpha: float = 0.25,
-        auxiliary_loss: bool = True,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
         num_labels: int | None = None,
         id2label: dict | None = None,
         label2id: dict | None = None,
         **kwargs: Any,
     ) -> None:
-        self.backbone = backbone
+        kwargs = self._set_common(kwargs)
         self.backbone_out_indices = [int(index) for index in backbone_out_indices] if isinstance(backbone_out_indices, (list, tuple)) else backbone_out_indices
-        self.dilation = dilation
-        self.num_channels = num_channels
-        self.use_pretrained_backbone = use_pretrained_backbone
-        self.d_model = d_model
-        self.num_queries = num_queries
-        self.num_feature_levels = num_feature_levels
-        self.encoder_layers = encoder_layers
-        self.decoder_layers = decoder_layers
-        self.encoder_attention_heads = encoder_attention_heads
-        self.decoder_attention_heads = decoder_attention_heads
-        self.encoder_ffn_dim = encoder_ffn_dim
-        self.decoder_ffn_dim = decoder_ffn_dim
-        self.encoder_n_points = encoder_n_points
-        self.decoder_n_points = decoder_n_points
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.activation_function = activation_function
         self.position_embedding_temperature = position_embedding_temperature
-        self.disable_custom_kernels = disable_custom_kernels
         self.dec_pred_class_embed_share = dec_pred_class_embed_share
         self.dec_pred_bbox_embed_share = dec_pred_bbox_embed_share
         self.two_stage_class_embed_share = two_stage_class_embed_share
@@ -129,18 +117,7 @@ class DinoConfig(DetectionConfig):
         self.dn_number = dn_number
         self.dn_label_noise_ratio = dn_label_noise_ratio
         self.dn_box_noise_scale = dn_box_noise_scale
-        self.class_cost = class_cost
-        self.bbox_cost = bbox_cost
-        self.giou_cost = giou_cost
-        self.class_loss_coefficient = class_loss_coefficient
-        self.bbox_loss_coefficient = bbox_loss_coefficient
-        self.giou_loss_coefficient = giou_loss_coefficient
         self.interm_loss_coefficient = interm_loss_coefficient
-        self.focal_alpha = focal_alpha
-        self.auxiliary_loss = auxiliary_loss
-        self.output_attentions = output_attentions
-        self.output_hidden_states = output_hidden_states
-        self.return_dict = return_dict
         labels = 91 if num_labels is None and id2label is None else num_labels
         self.dn_labelbook_size = dn_labelbook_size
         self._finish(labels, id2label, label2id, kwargs)
