@@ -120,6 +120,8 @@ def test_smaller_images_are_padded_and_larger_ones_refused(quantized):
         int8(pixel_values=torch.zeros(1, 3, 80, 64))
     with pytest.raises(TypeError, match="labels"):
         int8(pixel_values=images(1, seed=14), labels=[{"class_labels": torch.tensor([0]), "boxes": torch.rand(1, 4)}])
+    with pytest.raises(ValueError, match="pixel_values: the int8 detector runs on the CPU"):
+        int8(pixel_values=torch.zeros(1, 3, 64, 64, device="meta"))
     with pytest.raises(RuntimeError, match="inference only"):
         int8.train()
 

@@ -92,7 +92,10 @@ class QuantizedDetector(torch.nn.Module):
         given = sorted(name for name, value in unused.items() if value is not None and value is not False)
         if given:
             raise TypeError(f"{', '.join(given)}: not supported by a quantized detector (inference outputs only)")
-        batch = pad_to_canvas(model_inputs(pixel_values, pixel_mask), self.canvas)
+        batch = model_inputs(pixel_values, pixel_mask)
+        if batch.pixel_values.device.type != "cpu":
+            raise ValueError(f"pixel_values: the int8 detector runs on the CPU; got a tensor on {batch.pixel_values.device}")
+        batch = pad_to_canvas(batch, self.canvas)
         # freezing (weights as constants) is what lets inductor pack the int8 weights for oneDNN; it is
         # read when a graph compiles (first call, and a new batch size), so it is set around every call
         with torch.no_grad(), torch._inductor.config.patch(freezing=True):
