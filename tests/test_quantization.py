@@ -203,3 +203,24 @@ def test_the_compiled_int8_graph_computes_what_the_eager_one_does(quantized):
     expected, actual = int8(pixel_values=pixel_values), compiled(pixel_values=pixel_values)
     spread = expected.logits.std()
     assert (actual.logits - expected.logits).abs().max() <= 0.05 * spread
+
+
+def test_quantize_to_folder_reads_image_files_and_saves_what_detect_loads(tiny_checkpoint, tmp_path, msda_cpu_library):
+    from PIL import Image
+
+    from models.processing.image_processing import DeformableDetrImageProcessor
+    from models.quantization import quantize_to_folder
+
+    model = models.DeformableDetrForObjectDetection.from_pretrained(tiny_checkpoint).eval()
+    processor = DeformableDetrImageProcessor.from_pretrained(tiny_checkpoint)
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray((torch.rand(48, 64, 3) * 255).to(torch.uint8).numpy()).save(path)
+        paths.append(str(path))
+    with pytest.raises(ValueError, match="images: expected a non-empty list"):
+        quantize_to_folder(model, processor, [], tmp_path / "none")
+    int8 = quantize_to_folder(model, processor, paths, tmp_path / "int8", compile=False)
+    assert is_quantized_checkpoint(tmp_path / "int8") and (tmp_path / "int8" / "preprocessor_config.json").is_file()
+    inputs = DeformableDetrImageProcessor.from_pretrained(tmp_path / "int8")(images=[Image.open(paths[0])], return_tensors="pt")
+    assert int8(**inputs).logits.shape == (1, model.config.num_queries, model.config.num_labels)

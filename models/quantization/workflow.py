@@ -29,6 +29,7 @@ def quantize_to_folder(
     out: str | os.PathLike,
     recipe: QuantizationRecipe | None = None,
     batch_size: int = 8,
+    compile: bool = True,
 ) -> QuantizedDetector:
     """Quantize ``model`` calibrated on ``images`` and save it, with ``processor``, to ``out``.
 
@@ -42,6 +43,7 @@ def quantize_to_folder(
         out: the folder to write (:func:`~models.quantization.artifact.save_quantized`'s layout).
         recipe: what to quantize (default :class:`QuantizationRecipe`).
         batch_size: calibration images per batch.
+        compile: compile the int8 graph on first call (see :func:`~models.quantization.pt2e.quantize`).
 
     Returns:
         The quantized detector (already saved).
@@ -51,6 +53,6 @@ def quantize_to_folder(
     from models.data.image_files import read_image
 
     loaded = [read_image(image) if isinstance(image, (str, os.PathLike)) else image for image in images]
-    detector = quantize(model, calibration_from_images(loaded, processor, batch_size), recipe)
+    detector = quantize(model, calibration_from_images(loaded, processor, batch_size), recipe, compile=compile)
     save_quantized(detector, Path(out), processor)
     return detector
