@@ -48,7 +48,9 @@ setup(
             "timm",
             "accelerate",
             "ruff==0.17.6",
+            "torchao==0.18.0",
         ],
+        "int8": ["torchao==0.18.0"],
         "hf": ["transformers>=4.57", "huggingface_hub"],  # msda.integrations.hf, Trainer, Hub repo ids
         "bench": ["matplotlib"],
     },

@@ -223,6 +223,26 @@ def cmd_make_data(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(ns: argparse.Namespace) -> int:
+    if ns.max_images < 1 or ns.batch_size < 1:
+        raise CliError(f"--max-images and --batch-size must be >= 1, got {ns.max_images} and {ns.batch_size}")
+    images = check_detect_inputs(ns.calibration, 0.5, 1)[: ns.max_images]  # every file checked before the model loads
+    with claimed_output(ns.out, "quantize", images=images, checkpoint=ns.checkpoint) as out:
+        from models.quantization import QuantizationUnsupported, check_cpu_support, quantize_to_folder
+
+        try:
+            check_cpu_support()
+        except QuantizationUnsupported as err:
+            raise CliError(str(err)) from err
+        model, processor = load_detector(ns.checkpoint, ns, "cpu")
+        if getattr(model, "is_quantized", False):
+            raise CliError(f"--checkpoint {ns.checkpoint!r} is already quantized; give the float checkpoint it came from")
+        print(f"quantizing {type(model).__name__} on {len(images)} calibration image(s) ...", flush=True)
+        quantize_to_folder(model, processor, images, out, batch_size=ns.batch_size)
+    print(f"wrote the int8 detector to {out}; use it with: deformable-detr detect IMAGES --checkpoint {out}")
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
 
     _set_threads(ns.threads)
@@ -230,4 +250,4 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         return run_demo(ns)
 
 
-COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "make-data": cmd_make_data}
+COMMANDS = {"detect": cmd_detect, "train": cmd_train, "eval": cmd_eval, "quantize": cmd_quantize, "demo": cmd_demo, "make-data": cmd_make_data}

@@ -16,6 +16,7 @@ from models.common.hub import looks_like_repo_id, resolve_file
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
 from models.processing.image_processing import DeformableDetrImageProcessor
+from models.quantization.artifact import is_quantized_checkpoint
 from models.registry import Family, build_detector, config_from_dict, family, family_of
 
 DEMO_CHECKPOINT_NAME = "demo"
@@ -156,6 +157,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _load_quantized(source: Path, path: str, ns: argparse.Namespace | None, device: str | torch.device) -> tuple[torch.nn.Module, Any]:
+    """``(int8 detector, its processor)`` of a folder written by ``deformable-detr quantize`` (CPU only;
+    its input size is fixed, so the size flags are refused)."""
+    from models.quantization import load_quantized
+
+    if resolve_device(device).type != "cpu" if isinstance(device, str) else torch.device(device).type != "cpu":
+        raise CliError(f"--checkpoint {path!r} is an int8 CPU detector; run it with --device cpu (or auto on a machine without a GPU)")
+    given = [flag for flag in ("image_size", "max_size", "model", "variant", "config") if ns is not None and getattr(ns, flag, None)]
+    if given:
+        raise CliError(f"--checkpoint {path!r} is a quantized detector with a fixed input size and model; drop {', '.join('--' + f.replace('_', '-') for f in given)}")
+    try:
+        model = load_quantized(source)
+    except (ValueError, RuntimeError, OSError) as err:
+        raise CliError(f"--checkpoint {path!r}: cannot load the quantized detector: {err}") from err
+    processor = DeformableDetrImageProcessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
+    if processor is None:
+        raise CliError(f"--checkpoint {path!r}: the quantized folder has no preprocessor_config.json (its images must be resized as at calibration)")
+    return model, processor
+
+
 def _check_family_flag(ns: argparse.Namespace | None, found: Family, path: str) -> None:
     """``CliError`` when ``--model`` names another family than the checkpoint's (families that share
     a detector class, e.g. h-deformable-detr and deformable-detr, load each other's checkpoints)."""
@@ -264,6 +285,8 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             raise CliError(f"--checkpoint {path!r}: folder has no config.json, {MODEL_DIR}/config.json or {STATE_FILE}")
 
     image_size, max_size = _check_size_flags(ns)
+    if source.is_dir() and is_quantized_checkpoint(source):
+        return _load_quantized(source, path, ns, device)
     processor = None
     trust = bool(getattr(ns, "trust_pickle", False)) if ns is not None else False
     try:

@@ -108,7 +108,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--version", action="version", version=version_string(), help="print the versions of this package and torch")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     sub.required = True
-    for add in (_add_detect, _add_train, _add_eval, _add_demo, _add_make_data):
+    for add in (_add_detect, _add_train, _add_eval, _add_quantize, _add_demo, _add_make_data):
         command_parser = add(sub)
         parser.commands[command_parser.prog.split()[-1]] = command_parser
     return parser
@@ -201,6 +201,25 @@ def _add_eval(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     _add_nms_flag(p, default=None)
     p.add_argument("--device", default="auto")
+    _add_image_size_flags(p)
+    _add_model_flags(p, for_training=False)
+    return p
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("quantize", help="an int8 CPU copy of a checkpoint, calibrated on images; detect and eval load it",
+                       description="Quantize a detector to int8 for the CPU (PT2E, x86 inductor): convolutions and linear layers "
+                                   "in int8 with scales observed on the calibration images, the box heads, sampling offsets and the "
+                                   "deformable attention in fp32. Writes OUT/config.json, OUT/int8_program.pt2 and "
+                                   "OUT/preprocessor_config.json (docs/quantization.md).")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="the float detector: 'demo', a Hugging Face-layout directory, a training output folder, a training_state.pt, or an original .pth")
+    p.add_argument("--calibration", required=True, nargs="+", metavar="IMAGE",
+                   help="calibration images: files, folders or quoted glob patterns, from the deployment distribution and never the "
+                        "evaluation images; a few dozen are enough")
+    p.add_argument("--max-images", type=int, default=64, help="use at most this many calibration images (default 64)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration images per batch (default 8)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not hold a run, a dataset or the checkpoint)")
     _add_image_size_flags(p)
     _add_model_flags(p, for_training=False)
     return p
