@@ -44,3 +44,26 @@ def test_quantize_then_detect_and_eval(tmp_path, eager_int8, capsys):
     # calibration images are inputs: the output folder is never theirs
     assert main(["quantize", "--checkpoint", "demo", "--calibration", str(data / "images" / "train"), "--out", str(data / "images" / "train")]) == 2
     assert "quantize" in capsys.readouterr().err
+
+
+def test_quantize_a_dino_checkpoint_then_detect(tmp_path, eager_int8):
+    import torch
+
+    from models import DinoConfig, DinoForObjectDetection
+    from models.cli.presets import DEMO_DINO_CONFIG
+    from models.engine.training import make_processor
+
+    torch.manual_seed(0)
+    folder = tmp_path / "dino"
+    config = DinoConfig(**{**DEMO_DINO_CONFIG, "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
+                           "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "num_queries": 8},
+                        id2label={0: "circle", 1: "square", 2: "triangle"})
+    DinoForObjectDetection(config).save_pretrained(folder)
+    make_processor(64, 64).save_pretrained(folder)
+    data = tmp_path / "data"
+    write_synthetic_coco(data, {"train": 4, "val": 2}, DEMO_SPEC, seed=5)
+    out = tmp_path / "int8"
+    assert main(["quantize", "--checkpoint", str(folder), "--calibration", str(data / "images" / "train"), "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "dino"
+    assert main(["detect", str(data / "images" / "val"), "--checkpoint", str(out), "--out", str(tmp_path / "det")]) == 0
+    assert len(list((tmp_path / "det").glob("*.png"))) == 2
