@@ -24,6 +24,7 @@ import warnings
 
 import torch
 
+from benchmarks.references import transformers_r50_detector
 from models import DeformableDetrForObjectDetection, dino_4scale
 
 STAGES = ("backbone", "encoder", "decoder")
@@ -74,13 +75,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import transformers
 
-    torch.manual_seed(0)
-    reference = transformers.DeformableDetrForObjectDetection(
-        transformers.DeformableDetrConfig(use_pretrained_backbone=False, num_labels=91)
-    ).eval()
-    with torch.no_grad():  # make every weight matter (transformers zero-initialises some heads)
-        for parameter in reference.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.01)
+    reference = transformers_r50_detector()
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
         ours = DeformableDetrForObjectDetection.from_pretrained(directory).eval()

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.references import transformers_r50_detector
 from benchmarks.report import machine_description, write_section
 from models import DeformableDetrForObjectDetection
 from models.cli.demo import CHECKPOINT_DIR
@@ -191,13 +192,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         if args.only in (None, "r50"):
-            torch.manual_seed(0)
-            reference = transformers.DeformableDetrForObjectDetection(
-                transformers.DeformableDetrConfig(use_pretrained_backbone=False, num_labels=91)
-            ).eval()
-            with torch.no_grad():  # make every weight matter (transformers zero-initialises some heads)
-                for parameter in reference.parameters():
-                    parameter.add_(torch.randn_like(parameter) * 0.01)
+            reference = transformers_r50_detector()
             r50_dir = os.path.join(scratch, "r50")
             reference.save_pretrained(r50_dir)
             inputs = (torch.randn(1, 3, 800, 1066), torch.ones(1, 800, 1066, dtype=torch.long))
