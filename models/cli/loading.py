@@ -162,7 +162,8 @@ def _load_quantized(source: Path, path: str, ns: argparse.Namespace | None, devi
     its input size is fixed, so the size flags are refused)."""
     from models.quantization import load_quantized
 
-    if resolve_device(device).type != "cpu" if isinstance(device, str) else torch.device(device).type != "cpu":
+    placed = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if placed.type != "cpu":
         raise CliError(f"--checkpoint {path!r} is an int8 CPU detector; run it with --device cpu (or auto on a machine without a GPU)")
     given = [flag for flag in ("image_size", "max_size", "model", "variant", "config") if ns is not None and getattr(ns, flag, None)]
     if given:
