@@ -76,20 +76,28 @@ def post_process_object_detection(
     outputs: Any,
     threshold: float = 0.5,
     target_sizes: torch.Tensor | Sequence[Sequence[float]] | None = None,
-    top_k: int = 100,
+    top_k: int | None = 100,
     nms_threshold: float | None = None,
+    use_focal_loss: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
     """Turn ``outputs.logits`` ``[B, Q, C]`` and ``outputs.pred_boxes`` ``[B, Q, 4]`` into detections.
 
-    Scores are sigmoids of the logits; the ``min(top_k, Q*C)`` best (query, class) pairs of each image are
-    kept, then those with a score above ``threshold``. Boxes go from normalized ``(cx, cy, w, h)`` to
+    Scores, by ``use_focal_loss``:
+
+    - ``True`` (sigmoid, the focal-loss heads): the ``min(top_k, Q*C)`` best (query, class) pairs of each
+      image, best first; ``top_k=None`` means ``Q`` (RT-DETR's rule).
+    - ``False`` (softmax, heads whose last class is "no object"): per query, the best of the softmax over
+      the classes without the last one; with ``top_k < Q`` the ``top_k`` best queries, best first,
+      otherwise every query in query order.
+
+    Then those with a score above ``threshold`` are kept. Boxes go from normalized ``(cx, cy, w, h)`` to
     ``(x0, y0, x1, y1)``, in pixels of ``target_sizes`` (``[B, 2]`` as height, width) when it is given.
     ``outputs`` may be an object with those attributes or a dict.
 
     ``nms_threshold`` (off by default, which gives exactly ``transformers``' results): a number in (0, 1]
     turns on class-aware non-maximum suppression of each image's kept detections
     (``torchvision.ops.batched_nms``): a detection is dropped when a better-scored one of the same label
-    overlaps it with an IoU above ``nms_threshold``. The survivors keep their order (decreasing score).
+    overlaps it with an IoU above ``nms_threshold``. The survivors keep their order.
     Because suppression is greedy by decreasing score, applying it after the score threshold gives the
     same survivors as applying it before.
 
@@ -104,18 +112,19 @@ def post_process_object_detection(
             f"outputs.pred_boxes must have shape {(*logits.shape[:2], 4)} to match the logits, got "
             f"{tuple(pred_boxes.shape)}"
         )
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
         raise ValueError(f"threshold must be a real number, got {threshold!r}")
+    if not isinstance(use_focal_loss, bool):
+        raise ValueError(f"use_focal_loss must be a bool, got {use_focal_loss!r}")
     _check_nms_threshold(nms_threshold)
-    batch_size, _, num_classes = logits.shape
+    batch_size = logits.shape[0]
 
-    probs = logits.sigmoid().reshape(batch_size, -1)
-    scores, flat_index = torch.topk(probs, min(top_k, probs.shape[1]), dim=1)
-    query_index = torch.div(flat_index, num_classes, rounding_mode="floor")
-    labels = flat_index % num_classes
-
+    if use_focal_loss:
+        scores, labels, query_index = _sigmoid_top_k(logits, logits.shape[1] if top_k is None else top_k)
+    else:
+        scores, labels, query_index = _softmax_per_query(logits, top_k)
     corners = center_to_corners(pred_boxes)
     boxes = torch.gather(corners, 1, query_index.unsqueeze(-1).expand(-1, -1, 4))
     if target_sizes is not None:
@@ -129,3 +138,26 @@ def post_process_object_detection(
             keep = keep[survivors.sort().values]
         results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
     return results
+
+
+def _sigmoid_top_k(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(scores, labels, query index)``, each ``[B, K]``: the ``K = min(top_k, Q*C)`` best sigmoid scores."""
+    num_classes = logits.shape[2]
+    probs = logits.sigmoid().reshape(logits.shape[0], -1)
+    scores, flat_index = torch.topk(probs, min(top_k, probs.shape[1]), dim=1)
+    return scores, flat_index % num_classes, torch.div(flat_index, num_classes, rounding_mode="floor")
+
+
+def _softmax_per_query(logits: torch.Tensor, top_k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(scores, labels, query index)``: each query's best softmax score over the classes but the last
+    ("no object"); all queries in order, or the ``top_k`` best when ``top_k`` is below the number of queries."""
+    if logits.shape[2] < 2:
+        raise ValueError(
+            f"outputs.logits needs at least 2 classes (the last is 'no object') for use_focal_loss=False, got {logits.shape[2]}"
+        )
+    scores, labels = logits.softmax(dim=-1)[..., :-1].max(dim=-1)
+    query_index = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    if top_k is not None and top_k < logits.shape[1]:
+        scores, query_index = torch.topk(scores, top_k, dim=1)
+        labels = torch.gather(labels, 1, query_index)
+    return scores, labels, query_index
