@@ -79,8 +79,9 @@ def average_num_boxes(targets: Sequence[Mapping[str, torch.Tensor]], device: tor
 class SetCriterion(nn.Module):
     """Deformable DETR's training loss: match, then supervise the matched predictions.
 
-    For the final outputs, every entry of ``outputs["auxiliary_outputs"]`` (suffix ``_i``) and
-    ``outputs["enc_outputs"]`` (two-stage proposals, suffix ``_enc``), each matched separately:
+    For the final outputs, every entry of ``outputs["auxiliary_outputs"]`` (suffix ``_i``),
+    ``outputs["enc_outputs"]`` (two-stage proposals, suffix ``_enc``) and ``outputs["interm_outputs"]``
+    (selected proposals, class-aware, suffix ``_interm``), each matched separately:
 
     - ``loss_ce``: sigmoid focal loss over all queries and classes against one-hot targets (no
       "no-object" class: unmatched queries are all zeros), summed and divided by the number of
@@ -260,13 +261,17 @@ class SetCriterion(nn.Module):
     def compute_losses(
         self, outputs: Mapping[str, object], targets: Sequence[Mapping[str, torch.Tensor]], num_boxes: float
     ) -> dict[str, torch.Tensor]:
-        """Every term by name: final outputs, ``auxiliary_outputs`` (``_i``), ``enc_outputs`` (``_enc``)."""
+        """Every term by name: final outputs, ``auxiliary_outputs`` (``_i``), ``enc_outputs`` (``_enc``),
+        ``interm_outputs`` (``_interm``: the selected proposals, class-aware, matched on their own;
+        DINO, RT-DETR)."""
         losses = self.losses_for(outputs, targets, num_boxes, log=True)
         for index, auxiliary in enumerate(outputs.get("auxiliary_outputs") or ()):
             losses.update({f"{k}_{index}": v for k, v in self.losses_for(auxiliary, targets, num_boxes).items()})
         if outputs.get("enc_outputs") is not None:
             encoder = self.losses_for(outputs["enc_outputs"], self.encoder_targets(targets), num_boxes)
             losses.update({f"{k}_enc": v for k, v in encoder.items()})
+        if outputs.get("interm_outputs") is not None:
+            losses.update({f"{k}_interm": v for k, v in self.losses_for(outputs["interm_outputs"], targets, num_boxes).items()})
         return losses
 
     def weight_of(self, name: str) -> float | None:

@@ -31,6 +31,15 @@ _EXPORTS = {
     "dino_4scale": "models.dino.variants",
     "dino_5scale": "models.dino.variants",
     "quantize": "models.quantization.pt2e",
+    "RTDetrConfig": "models.rt_detr.config",
+    "RTDetrModel": "models.rt_detr.modeling",
+    "RTDetrForObjectDetection": "models.rt_detr.modeling",
+    "rtdetr_r18vd": "models.rt_detr.variants",
+    "rtdetr_r34vd": "models.rt_detr.variants",
+    "rtdetr_r50vd": "models.rt_detr.variants",
+    "rtdetr_r101vd": "models.rt_detr.variants",
+    "RTDetrImageProcessor": "models.processing.rt_detr_image_processing",
+    "RTDetrImageProcessorFast": "models.processing.rt_detr_image_processing_fast",
 }
 
 __all__ = sorted(_EXPORTS)

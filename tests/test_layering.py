@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("msda", "detr_blocks", "models")
 LAYER = {"msda": 0, "detr_blocks": 1, "models": 2}
 # Sub-packages of models, lowest first; families share a rank and never import each other.
-MODELS_RANK = {"backbones": 0, "common": 1, "ddetr": 2, "dino": 2, "registry": 3, "extension": 3, "processing": 4, "data": 5, "quantization": 6, "engine": 7, "cli": 8}
-FAMILIES = {"ddetr", "dino"}
+MODELS_RANK = {"backbones": 0, "common": 1, "ddetr": 2, "dino": 2, "rt_detr": 2, "registry": 3, "extension": 3, "processing": 4, "data": 5, "quantization": 6, "engine": 7, "cli": 8}
+FAMILIES = {"ddetr", "dino", "rt_detr"}
 
 
 def _module_name(path: Path) -> str:

@@ -43,6 +43,24 @@ def check_bools(config: Any, names: tuple[str, ...]) -> None:
             raise ValueError(f"{name} must be a bool, got {getattr(config, name)!r}")
 
 
+# The generic keys every transformers PretrainedConfig writes into config.json (generation and
+# tokenizer settings): a family config reading a transformers file drops them.
+HF_BASE_KEYS = frozenset(
+    {
+        "_name_or_path", "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
+        "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty",
+        "do_sample", "early_stopping", "encoder_no_repeat_ngram_size", "eos_token_id",
+        "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id", "forced_eos_token_id",
+        "is_decoder", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups",
+        "num_beams", "num_return_sequences", "output_scores", "pad_token_id", "prefix", "problem_type",
+        "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
+        "sep_token_id", "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss",
+        "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k", "top_p", "torchscript",
+        "typical_p", "use_bfloat16",
+    }
+)
+
+
 # The fields every family's config has, with one name and one meaning (each family gives its defaults).
 COMMON_FIELDS: tuple[str, ...] = ('backbone', 'dilation', 'num_channels', 'use_pretrained_backbone', 'd_model', 'num_queries', 'num_feature_levels', 'encoder_layers', 'decoder_layers', 'encoder_attention_heads', 'decoder_attention_heads', 'encoder_ffn_dim', 'decoder_ffn_dim', 'encoder_n_points', 'decoder_n_points', 'dropout', 'attention_dropout', 'activation_dropout', 'activation_function', 'disable_custom_kernels', 'class_cost', 'bbox_cost', 'giou_cost', 'class_loss_coefficient', 'bbox_loss_coefficient', 'giou_loss_coefficient', 'focal_alpha', 'auxiliary_loss', 'output_attentions', 'output_hidden_states', 'return_dict')
 

@@ -38,7 +38,9 @@ class SelectedQueries(NamedTuple):
     ``[B, S, 4]``: the encoder proposals when the selection makes them; self_attn_mask: the
     decoder's self-attention mask among these queries (True = may not attend) or None;
     proposal_logits ``[B, Q, K]`` and proposal_boxes ``[B, Q, 4]`` (normalized, with their graph):
-    the selected proposals as the proposal heads scored them, when a loss supervises them.
+    the selected proposals as the proposal heads scored them, when a loss supervises them;
+    reference_logits ``[B, Q, 4]``: the reference boxes as the logits they were selected as, when
+    the selection has them (a model that reports them uses them rather than re-deriving them).
     """
 
     target: torch.Tensor
@@ -49,6 +51,7 @@ class SelectedQueries(NamedTuple):
     self_attn_mask: torch.Tensor | None = None
     proposal_logits: torch.Tensor | None = None
     proposal_boxes: torch.Tensor | None = None
+    reference_logits: torch.Tensor | None = None
 
     def rows(self, start: int, size: int) -> "SelectedQueries":
         """Queries ``start .. start + size`` (the per-token encoder proposals are kept whole)."""
@@ -60,6 +63,7 @@ class SelectedQueries(NamedTuple):
         return self._replace(
             target=cut(self.target), reference_points=cut(self.reference_points), query_position=cut(self.query_position),
             self_attn_mask=mask, proposal_logits=cut(self.proposal_logits), proposal_boxes=cut(self.proposal_boxes),
+            reference_logits=cut(self.reference_logits),
         )
 
 
@@ -97,8 +101,9 @@ class DeformableTransformerModel(nn.Module):
 
     Args (keyword only):
         backbone: feature maps with masks and position embeddings.
-        input_proj: one projection per level (``models.common.multi_scale.input_projections``).
-        level_embed: ``[L, C]`` parameter added to the positions of each level.
+        input_proj: one projection per level (``models.common.multi_scale.input_projections``);
+            None for a family whose own ``multi_scale_features`` step projects (RT-DETR).
+        level_embed: ``[L, C]`` parameter added to the positions of each level; None likewise.
         encoder: the encoder stack.
         query_selection: called as ``query_selection(memory [B, S, C], features, proposal_heads)``
             → ``SelectedQueries``; ``proposal_heads`` is ``self.proposal_heads()``.
@@ -116,8 +121,8 @@ class DeformableTransformerModel(nn.Module):
         self,
         *,
         backbone: BackboneWithPositions,
-        input_proj: nn.ModuleList,
-        level_embed: nn.Parameter,
+        input_proj: nn.ModuleList | None,
+        level_embed: nn.Parameter | None,
         encoder: DeformableEncoder,
         query_selection: nn.Module,
         decoder: DeformableDecoder,
@@ -126,7 +131,9 @@ class DeformableTransformerModel(nn.Module):
         groups: list[QueryGroup] | None = None,
     ) -> None:
         super().__init__()
-        if level_embed.dim() != 2 or level_embed.shape[0] != len(input_proj):
+        if (input_proj is None) != (level_embed is None):
+            raise ValueError("input_proj and level_embed are given together, or both None (the family projects in its own step)")
+        if level_embed is not None and (level_embed.dim() != 2 or level_embed.shape[0] != len(input_proj)):
             raise ValueError(f"level_embed must have shape [L={len(input_proj)}, C], got {tuple(level_embed.shape)}")
         self.backbone = backbone
         self.input_proj = input_proj
@@ -235,10 +242,14 @@ class DeformableTransformerModel(nn.Module):
         pixel_mask = check_pixels(pixel_values, pixel_mask, self.num_channels)
         if not output_attentions:
             return self._steps(pixel_values, pixel_mask, output_hidden_states, targets)
-        with record_attentions(self.encoder.layers, self.decoder.layers) as recorded:
+        with record_attentions(self.encoder_attention_layers(), self.decoder.layers) as recorded:
             fields = self._steps(pixel_values, pixel_mask, output_hidden_states, targets)
         fields.update(encoder_attentions=tuple(recorded.encoder), decoder_attentions=tuple(recorded.decoder_self), cross_attentions=tuple(recorded.cross))
         return fields
+
+    def encoder_attention_layers(self) -> nn.ModuleList:
+        """The encoder layers whose deformable attention ``output_attentions`` records."""
+        return self.encoder.layers
 
     def _steps(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_hidden_states: bool, targets: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:
         features = self.multi_scale_features(pixel_values, pixel_mask)

@@ -40,6 +40,8 @@ class QueryGroupDetector(nn.Module):
     """
 
     main_input_name = "pixel_values"
+    # the model's output field holding the first decoder layer's (normalized) reference points
+    initial_reference_field = "init_reference_points"
 
     def __init__(
         self,
@@ -105,7 +107,7 @@ class QueryGroupDetector(nn.Module):
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         targets = None if labels is None else targets_on(labels, pixel_values.shape[0], pixel_values.device)
         fields = self.model.run_steps(pixel_values, pixel_mask, output_hidden_states, targets=targets, output_attentions=output_attentions)
-        classes, boxes = self.predictions(fields["intermediate_hidden_states"], fields["init_reference_points"], fields["intermediate_reference_points"])
+        classes, boxes = self.predictions(fields["intermediate_hidden_states"], fields[self.initial_reference_field], fields["intermediate_reference_points"])
         group_outputs = {
             name: prediction_dict(*self.predictions(part.hidden_states, part.init_reference_points, part.intermediate_reference_points), auxiliary=True)
             for name, part in (fields.get("query_groups") or {}).items()
@@ -115,9 +117,15 @@ class QueryGroupDetector(nn.Module):
             loss, loss_dict, auxiliary_outputs = self.compute_loss(classes, boxes, targets, fields, group_outputs)
         output = self.output_class(
             loss=loss, loss_dict=loss_dict, logits=classes[-1], pred_boxes=boxes[-1], auxiliary_outputs=auxiliary_outputs,
-            group_outputs=group_outputs or None, **fields,
+            group_outputs=group_outputs or None, **self.detection_fields(fields, classes, boxes),
         )
         return output if return_dict else output.to_tuple()
+
+    def detection_fields(self, fields: dict[str, Any], classes: torch.Tensor, boxes: torch.Tensor) -> dict[str, Any]:
+        """The model's output fields as the detection output carries them (default: unchanged); a
+        family whose output also reports per-layer predictions (``classes`` ``[D, B, Q, K]``,
+        ``boxes`` ``[D, B, Q, 4]``) adds them here."""
+        return fields
 
     # ------------------------------------------------------------------------------- loss
     def proposal_predictions(self, fields: dict[str, Any]) -> dict[str, Any]:

@@ -246,16 +246,19 @@ class OriginalFormat(NamedTuple):
 
 
 def read_checkpoint(
-    path: str | os.PathLike, config: Any, options: LoadingOptions, *, trust_pickle: bool, config_class: type, original: OriginalFormat
+    path: str | os.PathLike, config: Any, options: LoadingOptions, *, trust_pickle: bool, config_class: type, original: OriginalFormat | None
 ) -> tuple[Any, dict[str, torch.Tensor], list[str], bool]:
     """``(config, state dict, unmapped keys, from_original)`` of any checkpoint a family loads.
 
     ``path`` is an original ``.pth`` file (renamed by ``original``; config from its ``args`` unless
     ``config`` is given), or a directory / Hub repo id in our layout (config from ``config.json``).
+    A family without ``original`` reads directories and Hub ids only.
     """
 
     path = os.fspath(path)
     if os.path.isfile(path):
+        if original is None:
+            raise ValueError(f"{path!r} is a file; {config_class.__name__}'s family loads a checkpoint directory (config.json + weights) or a Hub repo id")
         checkpoint, args = read_original_checkpoint(path, trust_pickle=trust_pickle)
         state_dict, unmapped = original.convert(checkpoint)
         if config is None:

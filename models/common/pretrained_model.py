@@ -32,7 +32,8 @@ class CheckpointFormat(NamedTuple):
     """How a family's checkpoints are read and written.
 
     config_class: the family's config (``from_json_file``, ``field_names``, ``copy``).
-    original: how its original repository's ``.pth`` is read (key renaming, config from ``args``).
+    original: how its original repository's ``.pth`` is read (key renaming, config from ``args``);
+        None when the family reads only checkpoint directories and Hub ids.
     from_file: file keys (detector layout) → ours, given the config (e.g. another backbone naming).
     to_file: ours → file keys (the inverse, for ``save_pretrained``).
     key_alias: a key → the key it duplicates (or None), for files that store heads twice.
@@ -41,7 +42,7 @@ class CheckpointFormat(NamedTuple):
     """
 
     config_class: type
-    original: OriginalFormat
+    original: OriginalFormat | None = None
     from_file: Callable[[StateDict, Any], StateDict] = _same
     to_file: Callable[[StateDict, Any], StateDict] = _same
     key_alias: Callable[[str], str | None] | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from models.common.config_base import DetectionConfig, check_bools, check_numbers, check_positive_ints
+from models.common.config_base import HF_BASE_KEYS, DetectionConfig, check_bools, check_numbers, check_positive_ints
 
 MODEL_TYPE = "deformable_detr"
 
@@ -19,20 +19,7 @@ POSITION_EMBEDDINGS = ("sine", "learned")
 
 # Keys of the Hugging Face base config that describe text generation or other tasks; they are
 # accepted (so any config.json loads) but not written back.
-_IGNORED_BASE_KEYS = frozenset(
-    {
-        "_name_or_path", "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
-        "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty",
-        "do_sample", "early_stopping", "encoder_no_repeat_ngram_size", "eos_token_id",
-        "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id", "forced_eos_token_id",
-        "is_decoder", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups",
-        "num_beams", "num_return_sequences", "output_scores", "pad_token_id", "prefix", "problem_type",
-        "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
-        "sep_token_id", "suppress_tokens", "task_specific_params", "temperature", "tf_legacy_loss",
-        "tie_encoder_decoder", "tie_word_embeddings", "tokenizer_class", "top_k", "top_p", "torchscript",
-        "typical_p", "use_bfloat16",
-    }
-)
+_IGNORED_BASE_KEYS = HF_BASE_KEYS
 
 # Hugging Face attribute aliases: reading or writing the alias reads or writes the field.
 ATTRIBUTE_MAP = {"hidden_size": "d_model", "num_attention_heads": "encoder_attention_heads"}

@@ -9,9 +9,6 @@ group's (``models.common.denoising_group``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-import torch
 from torch import nn
 
 from detr_blocks.losses import SetCriterion
@@ -19,7 +16,7 @@ from models.dino.config import DinoConfig
 
 
 class DinoCriterion(SetCriterion):
-    """``SetCriterion`` with DINO's ``interm_outputs``.
+    """``SetCriterion`` with DINO's weights (its ``interm_outputs`` terms are ``SetCriterion``'s ``_interm``).
 
     Args:
         config: the weights, focal alpha and class count.
@@ -34,11 +31,3 @@ class DinoCriterion(SetCriterion):
             "loss_ce_interm": float(config.class_loss_coefficient * config.interm_loss_coefficient),
         }
         super().__init__(config.num_labels, matcher, weight_dict=weights, focal_alpha=config.focal_alpha)
-
-    def compute_losses(self, outputs: Mapping[str, object], targets: Sequence[Mapping[str, torch.Tensor]], num_boxes: float) -> dict[str, torch.Tensor]:
-        """The matching terms (final and ``_<i>``), then ``_interm``."""
-        losses = super().compute_losses(outputs, targets, num_boxes)
-        interm = outputs.get("interm_outputs")
-        if interm is not None:
-            losses.update({f"{name}_interm": value for name, value in self.losses_for(interm, targets, num_boxes).items()})
-        return losses
