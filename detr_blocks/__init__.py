@@ -78,6 +78,14 @@ Contrastive denoising (DINO)
     split_denoising_outputs(tensor, meta, dim=1) -> (dn part | None, matching part)
     denoising_matching_indices(targets, meta) -> [(query_index, target_index)] per image
     denoising_losses(criterion, dn_outputs, targets, meta, num_boxes) -> {"<term>_dn", "<term>_dn_<i>"}
+Contrastive denoising over padded targets (RT-DETR; same layout, mask, matching and losses as above)
+    padded_denoising_queries(targets, num_classes, label_embedding, num_queries, *, num_denoising=100,
+        label_noise_ratio=0.5, box_noise_scale=1.0, eps=1e-5, noise=None) -> DenoisingQueries | None
+        (None when no image has a target; box_noise_scale 0 leaves the boxes un-logit'd, as the authors')
+    padded_denoising_meta(counts, num_denoising) -> DenoisingMeta | None (max(num_denoising // M, 1) groups)
+    PaddedDenoisingNoise(label_flip [B, pad], new_labels [B, pad], box_sign [B, pad, 4], box_magnitude [B, pad, 4])
+    draw_padded_denoising_noise(batch, meta, num_classes, *, label_noise_ratio, box_noise_scale,
+        dtype=torch.float32, device=None) -> PaddedDenoisingNoise (the reference's draws, in its order)
 RT-DETR: hybrid encoder (AIFI + CCFM), grid anchors, varifocal loss (``transformers``' parameter names)
     sincos_2d_position_embedding(width, height, dim=256, temperature=10000.0, *, dtype, device)
         -> [W·H, dim], rows enumerated width-major as RT-DETR's code (see the module docstring)
@@ -129,6 +137,7 @@ from detr_blocks.hybrid_encoder import HybridEncoder
 from detr_blocks.losses import SetCriterion, average_num_boxes, sigmoid_focal_loss, weight_names
 from detr_blocks.matcher import HungarianMatcher, NonFinitePredictions
 from detr_blocks.mlp import MLP
+from detr_blocks.padded_denoising import PaddedDenoisingNoise, draw_padded_denoising_noise, padded_denoising_meta, padded_denoising_queries
 from detr_blocks.position_embedding import LearnedPositionEmbedding, SinePositionEmbedding
 from detr_blocks.query_position import BoxMLPQueryPosition, BoxQueryPosition, InputQueryPosition, box_sine_embedding
 from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, ReferenceRefinement, RefinedReferences
@@ -167,6 +176,7 @@ __all__ = [
     "MLP",
     "MultiheadSelfAttention",
     "NoRefinement",
+    "PaddedDenoisingNoise",
     "ReferenceRefinement",
     "RefinedReferences",
     "RepVggBlock",
@@ -184,6 +194,7 @@ __all__ = [
     "denoising_group_count",
     "denoising_losses",
     "denoising_matching_indices",
+    "draw_padded_denoising_noise",
     "encoder_output_proposals",
     "encoder_reference_points",
     "fuse_repvgg_blocks",
@@ -191,6 +202,8 @@ __all__ = [
     "get_activation",
     "grid_anchors",
     "inverse_sigmoid",
+    "padded_denoising_meta",
+    "padded_denoising_queries",
     "proposal_position_embedding",
     "proposal_scores",
     "refine_boxes",

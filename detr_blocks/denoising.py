@@ -86,6 +86,57 @@ def denoising_attention_mask(meta: DenoisingMeta, num_queries: int, device: torc
     return mask
 
 
+def check_denoising_arguments(
+    targets: Sequence[Mapping[str, torch.Tensor]],
+    num_classes: int,
+    label_embedding: object,
+    num_queries: int,
+    label_noise_ratio: float,
+    box_noise_scale: float,
+) -> None:
+    """The argument checks the denoising generators share; each error names its argument."""
+    if isinstance(targets, Mapping) or not isinstance(targets, Sequence) or len(targets) == 0:
+        raise ValueError(f"targets must be a non-empty list of dicts (one per image), got {type(targets).__name__}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    check_targets(targets, len(targets), num_classes)
+    if not callable(label_embedding):
+        raise TypeError(f"label_embedding must be a module or callable (int64 [M] -> [M, C]), got {type(label_embedding).__name__}")
+    if not isinstance(num_queries, int) or num_queries < 0:
+        raise ValueError(f"num_queries must be a non-negative int, got {num_queries!r}")
+    if not 0.0 <= label_noise_ratio <= 1.0:
+        raise ValueError(f"label_noise_ratio must be in [0, 1], got {label_noise_ratio!r}")
+    if box_noise_scale < 0:
+        raise ValueError(f"box_noise_scale must be >= 0, got {box_noise_scale!r}")
+
+
+def embed_labels(label_embedding: nn.Module | Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """``label_embedding`` of int ``labels [...]`` → ``[..., C]``, called on the flattened labels (an
+    embedding's rows do not depend on the shape it is called with); ``ValueError`` when it does not
+    map ``[M]`` to ``[M, C]``."""
+    flat = labels.reshape(-1)
+    embedded = label_embedding(flat)
+    if not isinstance(embedded, torch.Tensor) or embedded.dim() != 2 or embedded.shape[0] != flat.shape[0]:
+        raise ValueError(f"label_embedding must map int64 [M] to [M, C], got {tuple(getattr(embedded, 'shape', ()))} for M={flat.shape[0]}")
+    return embedded.view(*labels.shape, embedded.shape[-1])
+
+
+def signed_magnitudes(sign_bits: torch.Tensor, magnitude: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Relative corner moves of the box noise: ``(magnitude + negative) · (2·sign_bits − 1)``, i.e. in
+    (−1, 1) for positive copies and (−2, −1] ∪ [1, 2) for negative ones (``negative`` 1, broadcast)."""
+    return (magnitude + negative.to(magnitude.dtype)) * (sign_bits * 2.0 - 1.0)
+
+
+def corner_half_sizes(boxes: torch.Tensor) -> torch.Tensor:
+    """``[..., 4]`` (w/2, h/2, w/2, h/2) of (cx, cy, w, h) boxes: the unit of each corner's move."""
+    return torch.cat([boxes[..., 2:], boxes[..., 2:]], dim=-1) * 0.5
+
+
+def moved_boxes(boxes: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:
+    """(cx, cy, w, h) boxes whose corners (x0, y0, x1, y1) move by ``moves``, clamped to [0, 1]."""
+    return box_xyxy_to_cxcywh((box_cxcywh_to_xyxy(boxes) + moves).clamp(0.0, 1.0))
+
+
 def contrastive_denoising_queries(
     targets: Sequence[Mapping[str, torch.Tensor]],
     num_classes: int,
@@ -125,19 +176,7 @@ def contrastive_denoising_queries(
         ``DenoisingQueries(content [B, pad, C], box_logits [B, pad, 4], attn_mask [pad+Q, pad+Q],
         meta)``.
     """
-    if isinstance(targets, Mapping) or not isinstance(targets, Sequence) or len(targets) == 0:
-        raise ValueError(f"targets must be a non-empty list of dicts (one per image), got {type(targets).__name__}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    check_targets(targets, len(targets), num_classes)
-    if not callable(label_embedding):
-        raise TypeError(f"label_embedding must be a module or callable (int64 [M] -> [M, C]), got {type(label_embedding).__name__}")
-    if not isinstance(num_queries, int) or num_queries < 0:
-        raise ValueError(f"num_queries must be a non-negative int, got {num_queries!r}")
-    if not 0.0 <= label_noise_ratio <= 1.0:
-        raise ValueError(f"label_noise_ratio must be in [0, 1], got {label_noise_ratio!r}")
-    if box_noise_scale < 0:
-        raise ValueError(f"box_noise_scale must be >= 0, got {box_noise_scale!r}")
+    check_denoising_arguments(targets, num_classes, label_embedding, num_queries, label_noise_ratio, box_noise_scale)
 
     counts = [len(t["class_labels"]) for t in targets]
     batch, max_targets, total = len(targets), max(counts), sum(counts)
@@ -156,18 +195,13 @@ def contrastive_denoising_queries(
         flip = torch.nonzero(torch.rand(labels.shape, dtype=torch.float32, device=device) < label_noise_ratio * 0.5).view(-1)
         labels = labels.scatter(0, flip, torch.randint(0, num_classes, flip.shape, dtype=torch.int64, device=device))
     if box_noise_scale > 0:
-        corners = box_cxcywh_to_xyxy(boxes)
-        half_size = boxes[:, 2:].repeat(1, 2) / 2
-        sign = torch.randint(0, 2, boxes.shape, dtype=torch.float32, device=device) * 2.0 - 1.0
+        sign_bits = torch.randint(0, 2, boxes.shape, dtype=torch.float32, device=device)
         magnitude = torch.rand(boxes.shape, dtype=boxes.dtype, device=device)
-        negative = (torch.arange(copies, device=device) % 2 == 1).repeat_interleave(total)
-        magnitude = (magnitude + negative[:, None].to(magnitude.dtype)) * sign
-        corners = (corners + magnitude * half_size * box_noise_scale).clamp(0.0, 1.0)
-        boxes = box_xyxy_to_cxcywh(corners)
+        negative = (torch.arange(copies, device=device) % 2 == 1).repeat_interleave(total)[:, None]
+        moves = signed_magnitudes(sign_bits, magnitude, negative) * corner_half_sizes(boxes) * box_noise_scale
+        boxes = moved_boxes(boxes, moves)
 
-    embedded = label_embedding(labels)
-    if not isinstance(embedded, torch.Tensor) or embedded.dim() != 2 or embedded.shape[0] != labels.shape[0]:
-        raise ValueError(f"label_embedding must map int64 [M] to [M, C], got {tuple(getattr(embedded, 'shape', ()))} for M={labels.shape[0]}")
+    embedded = embed_labels(label_embedding, labels)
     content = embedded.new_zeros(batch, meta.pad_size, embedded.shape[-1])
     box_logits = boxes.new_zeros(batch, meta.pad_size, 4)
     content[image, slot] = embedded
