@@ -28,6 +28,7 @@ from typing import Any
 from models.common.family import Family, check_family
 from models.ddetr.variant_table import ONE_STAGE_VARIANTS, VARIANTS
 from models.dino.variant_table import DINO_VARIANTS
+from models.rt_detr.variant_table import RT_DETR_VARIANTS
 
 __all__ = ["ENTRY_POINT_GROUP", "Family", "build_detector", "config_from_dict", "families", "family", "family_names", "family_of", "register_family", "variant_names"]
 
@@ -38,6 +39,7 @@ _BUILT_IN: dict[str, str] = {
     "dn-deformable-detr": "models.ddetr.family:FAMILIES",
     "group-detr": "models.ddetr.family:FAMILIES",
     "dino": "models.dino.family:FAMILIES",
+    "rt-detr": "models.rt_detr.family:FAMILIES",
 }
 # the built-in families' --variant names, readable without importing them (tests tie them to the families)
 BUILT_IN_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -46,6 +48,7 @@ BUILT_IN_VARIANTS: dict[str, tuple[str, ...]] = {
     "dn-deformable-detr": ("two_stage",),
     "group-detr": ONE_STAGE_VARIANTS,
     "dino": tuple(DINO_VARIANTS),
+    "rt-detr": tuple(RT_DETR_VARIANTS),
 }
 _LOADED: dict[str, Family] = {}
 _REGISTERED: dict[str, Family] = {}

@@ -137,3 +137,18 @@ def narrow_resnet_body(args: dict):
     else:
         out_indices = [2, 3, 4] if args["num_feature_levels"] > 1 or args.get("masks") else [4]
     return ResNetBody("resnet50", out_indices, 16 if dilation else 32, 3, network=network)
+
+
+# --- RT-DETR: tiny configurations with transformers' field names (shared by the rt_detr tests) ------
+def tiny_rt_detr_fields(**overrides) -> dict:
+    """``RTDetrConfig`` fields (ours and ``transformers``' alike) of an RT-DETR small enough for a
+    test: a basic-block ResNet-vd of one block per stage, width 32, 2 decoder layers, 10 queries."""
+    fields = {
+        "backbone_config": {"model_type": "rt_detr_resnet", "embedding_size": 16, "hidden_sizes": [16, 32, 48, 64], "depths": [1, 1, 1, 1],
+                            "layer_type": "basic", "out_indices": [2, 3, 4]},
+        "encoder_hidden_dim": 32, "encoder_in_channels": [32, 48, 64], "encoder_ffn_dim": 64, "encoder_attention_heads": 4,
+        "d_model": 32, "decoder_in_channels": [32, 32, 32], "decoder_ffn_dim": 64, "decoder_layers": 2, "decoder_attention_heads": 4,
+        "num_queries": 10, "num_labels": 3, "num_denoising": 0, "hidden_expansion": 0.5,
+    }
+    fields.update(overrides)
+    return fields

@@ -44,6 +44,7 @@ from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import MATCHING, QueryGroup, QueryLayout
 from models.common.stored_names import store_under
 from models.rt_detr.config import RTDetrConfig
+from models.rt_detr.denoising_group import RTDetrDenoisingGroup
 from models.rt_detr.outputs import RTDetrModelOutput, RTDetrObjectDetectionOutput
 from models.rt_detr.query_selection import GridAnchorQuerySelection
 
@@ -129,11 +130,8 @@ def _denoising(config: RTDetrConfig) -> list[QueryGroup]:
     """The denoising group when ``num_denoising > 0`` (its embedding is in the checkpoint only then)."""
     if config.num_denoising == 0:
         return []
-    from models.rt_detr.denoising_group import RTDetrDenoisingGroup  # TODO(move up once it lands)
-    group = RTDetrDenoisingGroup(config.num_labels, config.d_model, num_denoising=config.num_denoising,
-                                 label_noise_ratio=config.label_noise_ratio, box_noise_scale=config.box_noise_scale)
-    nn.init.xavier_uniform_(group.denoising_class_embed.weight)
-    return [group]
+    return [RTDetrDenoisingGroup(config.num_labels, config.d_model, num_denoising=config.num_denoising,
+                                 label_noise_ratio=config.label_noise_ratio, box_noise_scale=config.box_noise_scale)]
 
 
 class RTDetrModel(PretrainedMixin, DeformableTransformerModel):
