@@ -1,4 +1,4 @@
-"""The python example of docs/rt_detr.md runs: RT-DETR's blocks put together by hand."""
+"""The python examples of docs/rt_detr.md run: the family in use, and its blocks put together by hand."""
 
 import torch
 
@@ -13,3 +13,7 @@ def test_rt_detr_blocks_example_runs(capsys):
     assert "True" in out
     assert set(namespace["losses"]) == {"loss_vfl", "loss_bbox", "loss_giou"}
     assert torch.isfinite(namespace["total"])
+    # the family in use: the same predictions as transformers' model from the saved folder
+    assert namespace["gap"] < 1e-4
+    assert namespace["prediction"].logits.shape == (1, 20, 3)
+    assert {"loss_vfl", "loss_vfl_dn", "loss_vfl_interm"} <= set(namespace["step"].loss_dict)
