@@ -52,6 +52,7 @@ Two-stage
     encoder_output_proposals(memory, padding_mask, spatial_shapes, base_size=0.05,
                              valid_range=(0.01, 0.99)) -> (memory, proposal_logits)
     select_top_proposals(class_logits, coord_logits, k, *, scoring="first_class" | "max_class" | callable)
+    gather_proposals(class_logits, coord_logits, indices) -> (selected class logits, selected boxes)
         -> (coord_logits [B, k, 4] detached, indices [B, k]);  proposal_scores(class_logits, scoring) -> [B, S]
     proposal_position_embedding(proposal_logits, ...): deprecated, = box_sine_embedding(logits.sigmoid(), order="xy")
 Matching and losses
@@ -143,7 +144,7 @@ from detr_blocks.query_position import BoxMLPQueryPosition, BoxQueryPosition, In
 from detr_blocks.refinement import DetachedRefinement, LookForwardTwice, NoRefinement, ReferenceRefinement, RefinedReferences
 from detr_blocks.repvgg import FusedRepVggBlock, RepVggBlock, fuse_repvgg_blocks
 from detr_blocks.sincos_2d import sincos_2d_position_embedding
-from detr_blocks.two_stage import encoder_output_proposals, proposal_position_embedding, proposal_scores, select_top_proposals
+from detr_blocks.two_stage import encoder_output_proposals, gather_proposals, proposal_position_embedding, proposal_scores, select_top_proposals
 from detr_blocks.valid_ratio import valid_ratios
 from detr_blocks.varifocal import VarifocalLoss, varifocal_loss
 
@@ -208,6 +209,7 @@ __all__ = [
     "proposal_scores",
     "refine_boxes",
     "select_top_proposals",
+    "gather_proposals",
     "sigmoid_focal_loss",
     "sincos_2d_position_embedding",
     "split_denoising_outputs",

@@ -137,6 +137,25 @@ def select_top_proposals(
     return selected.detach(), indices
 
 
+def gather_proposals(class_logits: torch.Tensor, coord_logits: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selected proposals as their heads scored them, with their graph (what a loss on the
+    selected proposals supervises: DINO's and RT-DETR's).
+
+    Args:
+        class_logits: ``[B, S, K]``; coord_logits: ``[B, S, 4]`` box logits; indices: int64 ``[B, k]``
+            (``select_top_proposals``).
+
+    Returns:
+        ``(class logits [B, k, K], boxes [B, k, 4])``, the boxes normalized (sigmoid of the logits).
+    """
+    if indices.dim() != 2 or indices.shape[0] != class_logits.shape[0]:
+        raise ValueError(f"indices must be [B={class_logits.shape[0]}, k], got {tuple(indices.shape)}")
+    gather = indices.unsqueeze(-1)
+    selected_class = torch.gather(class_logits, 1, gather.expand(-1, -1, class_logits.shape[-1]))
+    selected_boxes = torch.gather(coord_logits, 1, gather.expand(-1, -1, coord_logits.shape[-1])).sigmoid()
+    return selected_class, selected_boxes
+
+
 def proposal_position_embedding(
     proposal_logits: torch.Tensor,
     num_pos_feats: int = 128,

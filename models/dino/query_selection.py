@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_blocks.two_stage import encoder_output_proposals, select_top_proposals
+from detr_blocks.two_stage import encoder_output_proposals, gather_proposals, select_top_proposals
 from models.common.deformable_transformer import SelectedQueries
 from models.common.multi_scale import MultiScaleFeatures
 
@@ -49,9 +49,7 @@ class MixedQuerySelection(nn.Module):
         enc_outputs_class = self.enc_out_class_embed(object_queries)
         enc_outputs_coord_logits = self.enc_out_bbox_embed(object_queries) + proposals
         top_logits, indices = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.num_queries, scoring="max_class")
-        gather = indices.unsqueeze(-1)
-        topk_class = torch.gather(enc_outputs_class, 1, gather.expand(-1, -1, enc_outputs_class.shape[-1]))
-        topk_boxes = torch.gather(enc_outputs_coord_logits, 1, gather.expand(-1, -1, 4)).sigmoid()
+        topk_class, topk_boxes = gather_proposals(enc_outputs_class, enc_outputs_coord_logits, indices)
         target = self.tgt_embed.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         return SelectedQueries(
             target,

@@ -100,131 +100,35 @@ class RTDetrConfig(DetectionConfig):
 
     model_type = MODEL_TYPE
 
-    def __init__(
+    def __init__(  # transformers' order, grouped by concern
         self,
-        initializer_range: float = 0.01,
-        initializer_bias_prior_prob: float | None = None,
-        layer_norm_eps: float = 1e-5,
-        batch_norm_eps: float = 1e-5,
-        backbone_config: Any = None,
-        backbone: str | None = None,
-        use_pretrained_backbone: bool = False,
-        use_timm_backbone: bool = False,
-        freeze_backbone_batch_norms: bool = True,
-        backbone_kwargs: dict | None = None,
-        encoder_hidden_dim: int = 256,
-        encoder_in_channels: list[int] = (512, 1024, 2048),
-        feat_strides: list[int] = (8, 16, 32),
-        encoder_layers: int = 1,
-        encoder_ffn_dim: int = 1024,
-        encoder_attention_heads: int = 8,
-        dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        encode_proj_layers: list[int] = (2,),
-        positional_encoding_temperature: float = 10000,
+        initializer_range: float = 0.01, initializer_bias_prior_prob: float | None = None, layer_norm_eps: float = 1e-5, batch_norm_eps: float = 1e-5,
+        backbone_config: Any = None, backbone: str | None = None, use_pretrained_backbone: bool = False, use_timm_backbone: bool = False,
+        freeze_backbone_batch_norms: bool = True, backbone_kwargs: dict | None = None,
+        encoder_hidden_dim: int = 256, encoder_in_channels: list[int] = (512, 1024, 2048), feat_strides: list[int] = (8, 16, 32),
+        encoder_layers: int = 1, encoder_ffn_dim: int = 1024, encoder_attention_heads: int = 8,
+        dropout: float = 0.0, activation_dropout: float = 0.0, encode_proj_layers: list[int] = (2,), positional_encoding_temperature: float = 10000,
         encoder_activation_function: str = "gelu",
-        activation_function: str = "silu",
-        eval_size: list[int] | None = None,
-        normalize_before: bool = False,
-        hidden_expansion: float = 1.0,
-        d_model: int = 256,
-        num_queries: int = 300,
-        decoder_in_channels: list[int] = (256, 256, 256),
-        decoder_ffn_dim: int = 1024,
-        num_feature_levels: int = 3,
-        decoder_n_points: int = 4,
+        activation_function: str = "silu", eval_size: list[int] | None = None, normalize_before: bool = False, hidden_expansion: float = 1.0,
+        d_model: int = 256, num_queries: int = 300,
+        decoder_in_channels: list[int] = (256, 256, 256), decoder_ffn_dim: int = 1024, num_feature_levels: int = 3, decoder_n_points: int = 4,
         decoder_layers: int = 6,
-        decoder_attention_heads: int = 8,
-        decoder_activation_function: str = "relu",
-        attention_dropout: float = 0.0,
-        num_denoising: int = 100,
+        decoder_attention_heads: int = 8, decoder_activation_function: str = "relu", attention_dropout: float = 0.0, num_denoising: int = 100,
         label_noise_ratio: float = 0.5,
-        box_noise_scale: float = 1.0,
-        learn_initial_query: bool = False,
-        anchor_image_size: list[int] | None = None,
-        disable_custom_kernels: bool = True,
-        with_box_refine: bool = True,
-        is_encoder_decoder: bool = True,
-        matcher_alpha: float = 0.25,
-        matcher_gamma: float = 2.0,
-        matcher_class_cost: float = 2.0,
-        matcher_bbox_cost: float = 5.0,
-        matcher_giou_cost: float = 2.0,
-        use_focal_loss: bool = True,
-        auxiliary_loss: bool = True,
-        focal_loss_alpha: float = 0.75,
-        focal_loss_gamma: float = 2.0,
-        weight_loss_vfl: float = 1.0,
-        weight_loss_bbox: float = 5.0,
-        weight_loss_giou: float = 2.0,
-        eos_coefficient: float = 1e-4,
-        num_labels: int | None = None,
-        id2label: dict | None = None,
-        label2id: dict | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        box_noise_scale: float = 1.0, learn_initial_query: bool = False, anchor_image_size: list[int] | None = None,
+        disable_custom_kernels: bool = True, with_box_refine: bool = True, is_encoder_decoder: bool = True,
+        matcher_alpha: float = 0.25, matcher_gamma: float = 2.0, matcher_class_cost: float = 2.0, matcher_bbox_cost: float = 5.0,
+        matcher_giou_cost: float = 2.0, use_focal_loss: bool = True, auxiliary_loss: bool = True,
+        focal_loss_alpha: float = 0.75, focal_loss_gamma: float = 2.0, weight_loss_vfl: float = 1.0, weight_loss_bbox: float = 5.0,
+        weight_loss_giou: float = 2.0, eos_coefficient: float = 1e-4,
+        num_labels: int | None = None, id2label: dict | None = None, label2id: dict | None = None, output_attentions: bool = False,
+        output_hidden_states: bool = False, return_dict: bool = True,
         **kwargs: Any,
     ) -> None:
-        self.initializer_range = initializer_range
-        self.initializer_bias_prior_prob = initializer_bias_prior_prob
-        self.layer_norm_eps = layer_norm_eps
-        self.batch_norm_eps = batch_norm_eps
-        self.backbone_config = backbone_config_dict(backbone_config)
-        self.backbone = backbone
-        self.use_pretrained_backbone = use_pretrained_backbone
-        self.use_timm_backbone = use_timm_backbone
-        self.freeze_backbone_batch_norms = freeze_backbone_batch_norms
-        self.backbone_kwargs = copy.deepcopy(backbone_kwargs)
-        self.encoder_hidden_dim = encoder_hidden_dim
-        self.encoder_in_channels = list(encoder_in_channels)
-        self.feat_strides = list(feat_strides)
-        self.encoder_layers = encoder_layers
-        self.encoder_ffn_dim = encoder_ffn_dim
-        self.encoder_attention_heads = encoder_attention_heads
-        self.dropout = dropout
-        self.activation_dropout = activation_dropout
-        self.encode_proj_layers = list(encode_proj_layers)
-        self.positional_encoding_temperature = positional_encoding_temperature
-        self.encoder_activation_function = encoder_activation_function
-        self.activation_function = activation_function
-        self.eval_size = None if eval_size is None else list(eval_size)
-        self.normalize_before = normalize_before
-        self.hidden_expansion = hidden_expansion
-        self.d_model = d_model
-        self.num_queries = num_queries
-        self.decoder_in_channels = list(decoder_in_channels)
-        self.decoder_ffn_dim = decoder_ffn_dim
-        self.num_feature_levels = num_feature_levels
-        self.decoder_n_points = decoder_n_points
-        self.decoder_layers = decoder_layers
-        self.decoder_attention_heads = decoder_attention_heads
-        self.decoder_activation_function = decoder_activation_function
-        self.attention_dropout = attention_dropout
-        self.num_denoising = num_denoising
-        self.label_noise_ratio = label_noise_ratio
-        self.box_noise_scale = box_noise_scale
-        self.learn_initial_query = learn_initial_query
-        self.anchor_image_size = None if anchor_image_size is None else list(anchor_image_size)
-        self.disable_custom_kernels = disable_custom_kernels
-        self.with_box_refine = with_box_refine
-        self.is_encoder_decoder = is_encoder_decoder
-        self.matcher_alpha = matcher_alpha
-        self.matcher_gamma = matcher_gamma
-        self.matcher_class_cost = matcher_class_cost
-        self.matcher_bbox_cost = matcher_bbox_cost
-        self.matcher_giou_cost = matcher_giou_cost
-        self.use_focal_loss = use_focal_loss
-        self.auxiliary_loss = auxiliary_loss
-        self.focal_loss_alpha = focal_loss_alpha
-        self.focal_loss_gamma = focal_loss_gamma
-        self.weight_loss_vfl = weight_loss_vfl
-        self.weight_loss_bbox = weight_loss_bbox
-        self.weight_loss_giou = weight_loss_giou
-        self.eos_coefficient = eos_coefficient
-        self.output_attentions = output_attentions
-        self.output_hidden_states = output_hidden_states
-        self.return_dict = return_dict
+        given = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "num_labels", "id2label", "label2id", "__class__")}
+        given["backbone_config"] = backbone_config_dict(backbone_config)
+        for name, value in given.items():  # tuples (the list defaults) stored as lists, as JSON reads them back
+            setattr(self, name, list(value) if isinstance(value, tuple) else copy.deepcopy(value))
         unknown = {key: value for key, value in kwargs.items() if key not in HF_BASE_KEYS | {"use_return_dict", "dtype"}}
         self._finish(2 if num_labels is None and id2label is None else num_labels, id2label, label2id, unknown)
 

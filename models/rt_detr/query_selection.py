@@ -16,7 +16,7 @@ from torch import nn
 
 from detr_blocks.anchors import grid_anchors
 from detr_blocks.mlp import MLP
-from detr_blocks.two_stage import select_top_proposals
+from detr_blocks.two_stage import gather_proposals, select_top_proposals
 from models.common.deformable_transformer import SelectedQueries
 from models.common.multi_scale import MultiScaleFeatures
 
@@ -76,13 +76,11 @@ class GridAnchorQuerySelection(nn.Module):
         enc_outputs_class = self.enc_score_head(output_memory)
         enc_outputs_coord_logits = self.enc_bbox_head(output_memory) + anchors
         top_logits, indices = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.num_queries, scoring="max_class")
-        gather = indices.unsqueeze(-1)
-        topk_class = torch.gather(enc_outputs_class, 1, gather.expand(-1, -1, enc_outputs_class.shape[-1]))
-        topk_boxes = torch.gather(enc_outputs_coord_logits, 1, gather.expand(-1, -1, 4)).sigmoid()
+        topk_class, topk_boxes = gather_proposals(enc_outputs_class, enc_outputs_coord_logits, indices)
         if self.weight_embedding is not None:
             target = self.weight_embedding.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         else:
-            target = torch.gather(output_memory, 1, gather.expand(-1, -1, output_memory.shape[-1])).detach()
+            target = torch.gather(output_memory, 1, indices.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1])).detach()
         return SelectedQueries(
             target,
             top_logits.sigmoid(),
