@@ -231,3 +231,18 @@ def test_denoising_in_training_equals_transformers_with_the_same_noise(num_denoi
     for term in compared:
         assert mapped[term] == pytest.approx(expected.loss_dict[term].item(), rel=1e-4, abs=1e-6), term
     assert actual.logits.shape[1] == fields["num_queries"]  # the matching queries only
+
+
+@pytest.mark.parametrize("name", ["basic-silu", "bottleneck-relu"])
+def test_hidden_states_and_attentions_equal_transformers(name):
+    overrides, (batch, height, width) = CONFIGS[name]
+    theirs, ours = _pair(tiny_rt_detr_fields(**overrides))
+    pixels = torch.rand(batch, 3, height, width)
+    with torch.no_grad():
+        expected = theirs(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
+        actual = ours(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
+    for field in ("encoder_hidden_states", "decoder_hidden_states", "encoder_attentions", "decoder_attentions", "cross_attentions"):
+        mine, reference = getattr(actual, field), getattr(expected, field)
+        assert len(mine) == len(reference) > 0, field
+        for a, b in zip(mine, reference):
+            _close(a, b)

@@ -26,7 +26,8 @@ from msda import MultiScaleDeformableAttention
 class RecordedAttentions:
     """Per layer, in call order.
 
-    - encoder: ``[B, S, M, L, P]`` deformable self-attention weights of each encoder layer.
+    - encoder: ``[B, S, M, L, P]`` deformable self-attention weights of each encoder layer
+      (``[B, M, S, S]`` for a dense one).
     - decoder_self: ``[B, M, Q, Q]`` self-attention probabilities of each decoder layer.
     - cross: ``[B, Q, M, L, P]`` deformable cross-attention weights of each decoder layer.
     """
@@ -81,7 +82,8 @@ def record_attentions(encoder_layers: nn.ModuleList, decoder_layers: nn.ModuleLi
     """Record every layer's attention weights while the block runs.
 
     Args:
-        encoder_layers: layers each holding one ``MultiScaleDeformableAttention`` (``self_attn``).
+        encoder_layers: layers each holding one ``MultiScaleDeformableAttention`` (``self_attn``), or a
+            dense ``MultiheadSelfAttention``-like ``self_attn`` (recorded as ``[B, M, S, S]``).
         decoder_layers: layers with a ``self_attn`` (``q_proj``, ``k_proj``, ``num_heads``) and a
             ``MultiScaleDeformableAttention`` cross-attention.
 
@@ -92,9 +94,12 @@ def record_attentions(encoder_layers: nn.ModuleList, decoder_layers: nn.ModuleLi
     handles = []
     try:
         for layer in encoder_layers:
-            for module in layer.modules():
-                if isinstance(module, MultiScaleDeformableAttention):
-                    handles.append(_deformable_hook(module, recorded.encoder))
+            deformable = [module for module in layer.modules() if isinstance(module, MultiScaleDeformableAttention)]
+            for module in deformable:
+                handles.append(_deformable_hook(module, recorded.encoder))
+            self_attn = getattr(layer, "self_attn", None)
+            if not deformable and self_attn is not None and hasattr(self_attn, "q_proj") and hasattr(self_attn, "k_proj"):
+                handles.append(_self_attention_hook(self_attn, recorded.encoder))  # a dense encoder layer (RT-DETR's AIFI)
         for layer in decoder_layers:
             self_attn = getattr(layer, "self_attn", None)
             if self_attn is not None and hasattr(self_attn, "q_proj") and hasattr(self_attn, "k_proj"):

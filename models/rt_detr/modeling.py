@@ -234,17 +234,30 @@ class RTDetrModel(PretrainedMixin, DeformableTransformerModel):
         )
 
     def encoder_attention_layers(self) -> nn.ModuleList:
-        """None of the hybrid encoder's layers use deformable attention: nothing to record there."""
-        return nn.ModuleList()
+        """The AIFI layers (dense self-attention over one level each), in order."""
+        return nn.ModuleList(layer for aifi in self.encoder.encoder for layer in aifi.layers)
 
     def _steps(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, output_hidden_states: bool, targets: list[dict[str, torch.Tensor]] | None) -> dict[str, Any]:
         maps = self.backbone_maps(pixel_values, pixel_mask)
-        encoded = self.encoder(maps)
+        encoded, states = self.encode_maps(maps, output_hidden_states)
         features = self.decoder_inputs(encoded)
         queries, layout = self.select_queries(features.source, features, targets)
         decoded = self.decode(queries, features.source, features, output_hidden_states)
-        hybrid = DeformableEncoderOutput(encoded, (tuple(maps) + tuple(encoded)) if output_hidden_states else None)
-        return self.output_fields(features, hybrid, queries, decoded, layout)
+        return self.output_fields(features, DeformableEncoderOutput(encoded, states), queries, decoded, layout)
+
+    def encode_maps(self, maps: list[torch.Tensor], output_hidden_states: bool = False) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...] | None]:
+        """Step 2: the hybrid encoder → its fused maps, and with ``output_hidden_states`` the maps
+        ``transformers`` reports (each AIFI level's input ``[B, C, H, W]``, then the last AIFI output)."""
+        if not output_hidden_states:
+            return self.encoder(maps), None
+        recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handles = [aifi.register_forward_hook(lambda module, args, output: recorded.append((args[0], output))) for aifi in self.encoder.encoder]
+        try:
+            encoded = self.encoder(maps)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return encoded, tuple(inputs for inputs, _ in recorded) + ((recorded[-1][1],) if recorded else ())
 
     def output_fields(
         self, features: MultiScaleFeatures, encoded: DeformableEncoderOutput, queries: SelectedQueries, decoded: DeformableDecoderOutput, layout: QueryLayout
