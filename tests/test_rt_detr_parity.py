@@ -33,6 +33,11 @@ CONFIGS = {
          "num_feature_levels": 2, "decoder_layers": 1, "num_queries": 6, "with_box_refine": False},
         (2, 128, 64),
     ),
+    "no-aifi-odd-eps": (
+        {"encoder_layers": 0, "batch_norm_eps": 1e-3, "layer_norm_eps": 1e-6, "positional_encoding_temperature": 20, "decoder_n_points": 3,
+         "num_queries": 7, "decoder_activation_function": "gelu"},
+        (2, 64, 96),
+    ),
 }
 
 

@@ -184,7 +184,8 @@ class RTDetrModel(PretrainedMixin, DeformableTransformerModel):
             output_class=RTDetrModelOutput,
             groups=_denoising(config) if groups is None else groups,
         )
-        self.encoder_input_proj = nn.ModuleList(_projection(width, config.encoder_hidden_dim, config.batch_norm_eps) for width in channels)
+        # the encoder's input projections keep BatchNorm's default eps (transformers' and the authors'); the rest use batch_norm_eps
+        self.encoder_input_proj = nn.ModuleList(_projection(width, config.encoder_hidden_dim, 1e-5) for width in channels)
         extra = [
             _projection(config.encoder_hidden_dim if level == 0 else config.d_model, config.d_model, config.batch_norm_eps, kernel_size=3, stride=2)
             for level in range(config.num_feature_levels - len(channels))
