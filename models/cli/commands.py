@@ -22,7 +22,7 @@ from models.cli.detect import check_detect_inputs, detect_images
 from models.cli.errors import CliError, Interrupted, RunStopped, check_output_dir, is_user_os_error, read_json_file
 from models.cli.loading import check_eval_dataset, interrupted_training_message, load_detector, model_family, model_overrides, read_config_file, resolve_device
 from models.cli.outputs import claimed_output
-from models.cli.presets import DEMO_DATA_SEED, DEMO_DINO_CONFIG, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS
+from models.cli.presets import DEMO_CONFIGS, DEMO_DATA_SEED, DEMO_MODEL_CONFIG, DEMO_SPEC, DEMO_SPLITS, DEMO_TRAIN_ARGS
 from models.data.coco import CocoDetection, resolve_split
 from models.data.synthetic import SyntheticSpec, write_synthetic_coco
 from models.engine.evaluation import coco_metrics, predict_dataset, write_metrics
@@ -80,7 +80,7 @@ def build_train_setup(ns: argparse.Namespace):
     # lowest first: the preset's model, the family's own fields, the --config file, the flags
     base: dict = {"use_pretrained_backbone": False}
     if ns.preset == "demo":
-        base.update(DEMO_DINO_CONFIG if chosen.name == "dino" else DEMO_MODEL_CONFIG)
+        base.update(DEMO_CONFIGS.get(chosen.name, DEMO_MODEL_CONFIG))
     base.update(chosen.defaults)
     if ns.config:
         base.update(read_config_file(ns.config, config_class=chosen.config_class))

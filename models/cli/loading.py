@@ -14,7 +14,7 @@ from models.cli.errors import CliError, read_json_file
 from models.common.checkpoint_files import CheckpointMismatchError, CorruptCheckpointError, UnfitWeightsError, UntrustedPickleError, read_original_checkpoint
 from models.common.hub import looks_like_repo_id, resolve_file
 from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
-from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor
+from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor, processor_class, processor_sizes
 from models.processing.image_processing import DeformableDetrImageProcessor
 from models.quantization.artifact import is_quantized_checkpoint
 from models.registry import Family, build_detector, config_from_dict, family, family_of
@@ -236,7 +236,7 @@ def _warn_size_overrides(processor: Any, image_size: int | None, max_size: int |
     (the flags win: explicit settings override, but never silently)."""
     if processor is None:
         return
-    saved = {"--image-size": processor.size.get("shortest_edge"), "--max-size": processor.size.get("longest_edge")}
+    saved = dict(zip(("--image-size", "--max-size"), processor_sizes(processor)))
     given = {"--image-size": image_size, "--max-size": max_size}
     differ = [f"{flag} {given[flag]} (the checkpoint's: {saved[flag]})" for flag in saved
               if given[flag] is not None and saved[flag] is not None and given[flag] != saved[flag]]
@@ -298,7 +298,7 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             model = found.detector_class.from_pretrained(source)
             _check_variant_flag(ns, found, model.config, path)
             if (source / "preprocessor_config.json").is_file():
-                processor = DeformableDetrImageProcessor.from_pretrained(source)
+                processor = processor_class(found.images).from_pretrained(source)
         elif source.name == STATE_FILE:
             state = load_training_state(source)
             config = config_from_dict(state["config"]).copy(use_pretrained_backbone=False)
@@ -309,9 +309,9 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             model.load_state_dict(state["model"])
             model.eval()
             train_args = state["train_args"]
-            processor = make_processor(train_args["image_size"], train_args["max_size"])
+            processor = make_processor(train_args["image_size"], train_args["max_size"], found.images)
         else:
-            chosen = family(model_family(ns))
+            chosen = found = family(model_family(ns))
             config = None
             overrides = model_overrides(ns) if ns is not None else {}
             given: dict[str, Any] = {}
@@ -346,18 +346,21 @@ def load_detector(path: str, ns: argparse.Namespace | None = None, device: str |
             hint = " (for an original .pth: give its variant with --config JSON or --variant and the model flags)"
         raise CliError(f"--checkpoint {path!r}: cannot load it: {err}{hint}") from err
 
-    if processor is None and (image_size is None or max_size is None):
+    square = found.images.resize == "square"
+    paper_size, paper_max = found.recipe.get("image_size", 800), found.recipe.get("max_size", 1333)
+    if processor is None and (image_size is None or (max_size is None and not square)):
+        resize = (f"a {image_size or paper_size}x{image_size or paper_size} square" if square
+                  else f"shortest edge {image_size or paper_size}, longest edge {max_size or paper_max}")
         warnings.warn(
-            f"--checkpoint {path!r} has no preprocessor_config.json: assuming the paper's resize (shortest edge "
-            f"{image_size or 800}, longest edge {max_size or 1333}); if the model was trained at another size, detections "
-            "will be poor: pass --image-size and --max-size",
+            f"--checkpoint {path!r} has no preprocessor_config.json: assuming the paper's resize ({resize}); if the model "
+            f"was trained at another size, detections will be poor: pass --image-size{'' if square else ' and --max-size'}",
             stacklevel=2,
         )
     _warn_size_overrides(processor, image_size, max_size, path)
     if processor is None or image_size is not None or max_size is not None:
-        base = processor.size if processor is not None else {"shortest_edge": 800, "longest_edge": 1333}
-        short = image_size if image_size is not None else base.get("shortest_edge", 800)
-        processor = make_processor(short, max_size if max_size is not None else max(base.get("longest_edge", 1333), short))
+        base_size, base_max = processor_sizes(processor) if processor is not None else (paper_size, paper_max)
+        short = image_size if image_size is not None else base_size
+        processor = make_processor(short, max_size if max_size is not None else max(base_max or paper_max, short), found.images)
     model.to(resolve_device(device) if isinstance(device, str) else device)
     model.eval()
     return model, processor

@@ -58,6 +58,30 @@ DEMO_DINO_CONFIG: dict[str, Any] = {
 widths, with DINO's denoising (20 queries before grouping), mixed query selection and
 look-forward-twice."""
 
+DEMO_RT_DETR_CONFIG: dict[str, Any] = {
+    "backbone_config": {"model_type": "rt_detr_resnet", "embedding_size": 32, "hidden_sizes": [32, 64, 96, 128], "depths": [1, 1, 1, 1],
+                        "layer_type": "basic", "out_indices": [2, 3, 4]},
+    "encoder_in_channels": [64, 96, 128],
+    "encoder_hidden_dim": 64,
+    "encoder_ffn_dim": 128,
+    "encoder_attention_heads": 4,
+    "hidden_expansion": 0.5,
+    "d_model": 64,
+    "decoder_in_channels": [64, 64, 64],
+    "decoder_layers": 2,
+    "decoder_attention_heads": 4,
+    "decoder_ffn_dim": 128,
+    "num_queries": 20,
+    "num_denoising": 20,
+}
+"""``RTDetrConfig`` fields of ``train --model rt-detr --preset demo``: a basic-block ResNet-vd of one block
+per stage (strides 8, 16, 32: 8x8 to 2x2 maps of the 64-pixel images), the hybrid encoder and decoder at
+the demo detector's width, 20 queries and 20 denoising queries."""
+
+DEMO_CONFIGS: dict[str, dict[str, Any]] = {"dino": DEMO_DINO_CONFIG, "rt-detr": DEMO_RT_DETR_CONFIG}
+"""``--preset demo``'s model per ``--model`` family whose config is not Deformable DETR's
+(every other family takes ``DEMO_MODEL_CONFIG``)."""
+
 DEMO_TRAIN_ARGS: dict[str, Any] = {
     "epochs": 30,
     "lr_drop": 24,

@@ -1,5 +1,6 @@
 """What a model family is, for the registry (``models.registry``): a name, a config class, a
-detector class, its variants and its training recipe. Plain data, no torch import.
+detector class, its variants, its training recipe and how its images are prepared. Plain data, no
+torch import.
 
 A third-party package describes its family with one ``Family`` and exposes it through the Python
 entry point group ``deformable_detr.families`` (see ``docs/custom_variant.md``).
@@ -9,6 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+
+RESIZE_MODES = ("shortest_edge", "square")
+
+
+class ImageRecipe(NamedTuple):
+    """How the training engine, ``detect`` and ``eval`` prepare a family's images (plain data; the
+    engine builds the image processor and the training transforms from it, so the two agree).
+
+    processor: the image processor class as ``"module:Class"`` (the one training saves as
+        ``preprocessor_config.json`` and ``detect``/``eval`` read back); called as
+        ``Class(size=..., do_normalize=...)`` and ``Class.from_pretrained(folder)``.
+    resize: ``"shortest_edge"``: the short side to ``image_size``, the long side at most ``max_size``,
+        batches padded with a ``pixel_mask``; ``"square"``: every image to ``image_size`` x
+        ``image_size`` (aspect ratio not kept, ``max_size`` unused, no padding).
+    normalize: ImageNet mean/std after rescaling to [0, 1]; False: the model reads [0, 1] pixels.
+    """
+
+    processor: str = "models.processing.image_processing:DeformableDetrImageProcessor"
+    resize: str = "shortest_edge"
+    normalize: bool = True
 
 
 class Family(NamedTuple):
@@ -21,6 +42,7 @@ class Family(NamedTuple):
     defaults: config fields the family sets over its config class's defaults (e.g. hybrid matching).
     variants: ``--variant`` name → config fields (applied over ``defaults``).
     recipe: ``TrainingArgs`` fields where the family's paper differs from Deformable DETR's recipe.
+    images: how its images are resized and normalized (``ImageRecipe``; default Deformable DETR's).
     """
 
     name: str
@@ -30,6 +52,7 @@ class Family(NamedTuple):
     defaults: Mapping[str, Any] = {}
     variants: Mapping[str, Mapping[str, Any]] = {}
     recipe: Mapping[str, Any] = {}
+    images: ImageRecipe = ImageRecipe()
 
     def config_fields(self, variant: str | None = None, **overrides: Any) -> dict[str, Any]:
         """The config fields of ``variant`` (None: the family's defaults only) with ``overrides``."""
@@ -55,4 +78,6 @@ def check_family(family: Any, source: str) -> Family:
     for attribute in ("config_class", "detector_class"):
         if not isinstance(getattr(family, attribute), type):
             raise TypeError(f"{source}: {attribute} must be a class, got {getattr(family, attribute)!r}")
+    if not isinstance(family.images, ImageRecipe) or family.images.resize not in RESIZE_MODES:
+        raise ValueError(f"{source}: images must be an ImageRecipe with resize in {RESIZE_MODES}, got {family.images!r}")
     return family

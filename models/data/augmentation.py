@@ -37,7 +37,12 @@ Target = dict[str, torch.Tensor]
 def resize(image: Image.Image, target: Target, size: int, max_size: int | None = None) -> tuple[Image.Image, Target]:
     """Resize so the short side is ``size`` (long side <= ``max_size``), scaling boxes and areas."""
     width, height = image.size
-    new_w, new_h = resized_shape(width, height, size, max_size)
+    return resize_to(image, target, *resized_shape(width, height, size, max_size))
+
+
+def resize_to(image: Image.Image, target: Target, new_w: int, new_h: int) -> tuple[Image.Image, Target]:
+    """Resize to exactly ``new_w`` x ``new_h`` (bilinear), scaling boxes and areas."""
+    width, height = image.size
     if (new_w, new_h) == (width, height):
         return image, target
     image = image.resize((new_w, new_h), Image.BILINEAR)
@@ -105,6 +110,19 @@ class RandomResize:
 
     def __call__(self, image, target, rng: random.Random):
         return resize(image, target, rng.choice(self.sizes), self.max_size)
+
+
+class RandomSquareResize:
+    """Resize to a square whose side is drawn from ``sizes`` (aspect ratio not kept; RT-DETR's resize)."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        if not sizes or any(int(s) <= 0 for s in sizes):
+            raise ValueError(f"sizes must be a non-empty list of positive ints, got {sizes}")
+        self.sizes = [int(s) for s in sizes]
+
+    def __call__(self, image, target, rng: random.Random):
+        side = rng.choice(self.sizes)
+        return resize_to(image, target, side, side)
 
 
 class RandomSizeCrop:

@@ -22,6 +22,7 @@ import torch
 
 from models.data.coco import detections_to_coco, load_coco_json, validate_coco
 from models.data.image_files import ImageError
+from models.processing.postprocess import post_process_object_detection
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 """Names of ``COCOeval.stats[0..11]`` in order."""
@@ -152,10 +153,14 @@ def predict_images(
 ) -> list[dict[str, torch.Tensor]]:
     """Run ``model`` on a batch of PIL images, returning per image ``{"scores", "labels", "boxes"}``.
 
-    The processor resizes, normalizes and pads (``processor(images=..., return_tensors="pt")``) and
-    maps the outputs back to pixels of each original image (``post_process_object_detection``);
-    boxes are (x0, y0, x1, y1). ``nms_threshold`` (an IoU in (0, 1], default None: off) applies the
-    processor's class-aware NMS after the top-k.
+    The processor prepares the images as its family's model reads them
+    (``processor(images=..., return_tensors="pt")``: resized, rescaled, normalized and padded with a
+    ``pixel_mask`` as its options say). The outputs become detections in pixels of each original
+    image by ``models.processing.postprocess.post_process_object_detection``, which every processor's
+    post-processing calls (so one ``top_k`` and NMS serve every family): the ``top_k`` best (query,
+    class) pairs (softmax per query instead when the model's config sets ``use_focal_loss=False``),
+    boxes (x0, y0, x1, y1); ``nms_threshold`` (an IoU in (0, 1], default None: off) applies class-aware
+    NMS after the top-k.
     """
     if len(images) == 0:
         return []
@@ -173,7 +178,9 @@ def predict_images(
     outputs = SimpleNamespace(logits=outputs.logits.float(), pred_boxes=outputs.pred_boxes.float())
     sizes = torch.tensor([[im.size[1], im.size[0]] for im in images], dtype=torch.int64)
     k = min(top_k, outputs.logits.shape[1] * outputs.logits.shape[2])
-    results = processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes, top_k=k, nms_threshold=nms_threshold)
+    focal = getattr(getattr(model, "config", None), "use_focal_loss", True)
+    results = post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes, top_k=k, nms_threshold=nms_threshold,
+                                            use_focal_loss=focal)
     return [{key: value.detach().cpu() for key, value in res.items()} for res in results]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import random
@@ -37,7 +38,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from models.data.augmentation import Compose, RandomHorizontalFlip, RandomResize, ToNormalizedTensor, collate, recipe_for_size, train_transforms
+from models.common.family import ImageRecipe
+from models.data.augmentation import (
+    Compose,
+    RandomHorizontalFlip,
+    RandomResize,
+    RandomSquareResize,
+    ToNormalizedTensor,
+    collate,
+    recipe_for_size,
+    train_transforms,
+)
 from models.data.coco import CocoDetection, resolve_split
 from models.engine.checkpoints import (
     MODEL_DIR,
@@ -65,7 +76,6 @@ from models.engine.run_folder import (
     folder_lock,
     move_run_aside,
 )
-from models.processing.image_processing import DeformableDetrImageProcessor
 from models.registry import Family, build_detector, config_from_dict, family, family_of
 
 DEFAULT_FAMILY = "deformable-detr"
@@ -276,10 +286,30 @@ class TrainingDiverged(FloatingPointError):
     checkpoint is intact (or that none was written yet)."""
 
 
-def make_processor(image_size: int, max_size: int):
-    """The image processor whose resizing matches training at ``image_size`` (long side <= ``max_size``)."""
+def make_processor(image_size: int, max_size: int, images: ImageRecipe = ImageRecipe()):
+    """The image processor of a family's ``images`` recipe whose resizing matches training at
+    ``image_size``: the short side, long side <= ``max_size`` (``shortest_edge``), or an
+    ``image_size`` x ``image_size`` square (``square``, ``max_size`` unused)."""
+    if images.resize == "square":
+        size = {"height": int(image_size), "width": int(image_size)}
+    else:
+        size = {"shortest_edge": int(image_size), "longest_edge": int(max_size)}
+    return processor_class(images)(size=size, do_normalize=images.normalize)
 
-    return DeformableDetrImageProcessor(size={"shortest_edge": int(image_size), "longest_edge": int(max_size)})
+
+def processor_class(images: ImageRecipe = ImageRecipe()) -> type:
+    """The image processor class that a family's ``images`` recipe names (``"module:Class"``)."""
+    module_name, _, class_name = images.processor.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def processor_sizes(processor: Any) -> tuple[int | None, int | None]:
+    """``(image_size, max_size)`` of a processor made by :func:`make_processor` (or read back from its
+    ``preprocessor_config.json``): the short and long side limits, or a square's side and None."""
+    size = processor.size
+    if "height" in size:
+        return size["height"], None
+    return size.get("shortest_edge"), size.get("longest_edge")
 
 
 def _plain_args(args: TrainingArgs) -> dict:
@@ -563,13 +593,24 @@ def restore_run(state: dict, model: torch.nn.Module, optimization: Optimization,
     return epoch, step
 
 
-def build_train_loader(args: TrainingArgs, train_base: CocoDetection, info: DistInfo) -> tuple[AugmentedDataset, DistributedSampler, DataLoader]:
-    """The augmented training set (multi-scale recipe, or a fixed resize), this process's sampler and the loader."""
+def training_transforms(args: TrainingArgs, images: ImageRecipe = ImageRecipe()) -> Compose:
+    """The augmentation of a run, resized and normalized as the family's ``images`` recipe says (so as
+    its processor does at inference): the multi-scale recipe (``shortest_edge`` only) or a fixed resize,
+    after an optional flip."""
+    if images.resize == "square" and args.multiscale:
+        raise ValueError("multiscale: this model family resizes every image to one fixed square size "
+                         f"({args.image_size}x{args.image_size}); train with multiscale off (--no-multiscale)")
+    mean_std = {} if images.normalize else {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # [0, 1] pixels
     if args.multiscale:
-        transforms = train_transforms(**recipe_for_size(args.image_size, args.max_size), flip=args.flip)
-    else:
-        steps = ([RandomHorizontalFlip()] if args.flip else []) + [RandomResize([args.image_size], args.max_size), ToNormalizedTensor()]
-        transforms = Compose(steps)
+        return train_transforms(**recipe_for_size(args.image_size, args.max_size), flip=args.flip, **mean_std)
+    resize = RandomSquareResize([args.image_size]) if images.resize == "square" else RandomResize([args.image_size], args.max_size)
+    return Compose(([RandomHorizontalFlip()] if args.flip else []) + [resize, ToNormalizedTensor(**mean_std)])
+
+
+def build_train_loader(args: TrainingArgs, train_base: CocoDetection, info: DistInfo,
+                       images: ImageRecipe = ImageRecipe()) -> tuple[AugmentedDataset, DistributedSampler, DataLoader]:
+    """The augmented training set (:func:`training_transforms`), this process's sampler and the loader."""
+    transforms = training_transforms(args, images)
     train_set = AugmentedDataset(train_base, transforms, args.seed)
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed, drop_last=False)
     loader = DataLoader(
@@ -775,16 +816,17 @@ def train(args: TrainingArgs, config: Any = None) -> dict:
         train_base, val_set = read_datasets(args)
         state = load_training_state(args.resume) if args.resume else None
         config, changed = settle_config(args, config, state, train_base)
+        images = family(args.model or family_of(config).name).images
         model = build_model(args, config, resumed=state is not None, device=info.device)
         optimization = build_optimization(args, model, info.device)
         start_epoch, step = 0, 0
         if state is not None:
             start_epoch, step = restore_run(state, model, optimization, args, changed, info)
-        train_set, sampler, loader = build_train_loader(args, train_base, info)
+        train_set, sampler, loader = build_train_loader(args, train_base, info, images)
         steps = len(loader) if args.max_steps_per_epoch is None else min(len(loader), args.max_steps_per_epoch)
         _log(info, describe_run(args, model, train_base, val_set, steps, info.device, info.world_size))
         net = wrap_parallel(model, args, info)
-        processor = make_processor(args.image_size, args.max_size)
+        processor = make_processor(args.image_size, args.max_size, images)
         write_run_record(args, info)
         start_random_streams(state, args, info)
 
