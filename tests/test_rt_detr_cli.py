@@ -109,3 +109,28 @@ def test_train_eval_detect_resume_with_rt_detr(data, tmp_path, capsys):
                  "--threshold", "0.0", "--top-k", "5"]) == 0
     assert "warning" not in capsys.readouterr().err  # --image-size is all a square needs
     assert len(json.loads(next((tmp_path / "det_64").glob("*.json")).read_text())["detections"]) == 5
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"n_points": 2, "heads": 4, "ffn_dim": 128, "num_queries": 50},
+         {"decoder_n_points": 2, "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_queries": 50}),
+        ({"out_indices": [3, 4]}, "--out-indices"),
+        ({"two_stage": True}, "--two-stage"),
+    ],
+)
+def test_model_flags_set_the_rt_detr_fields_it_has_or_are_refused_by_name(flags, expected):
+    """RT-DETR's encoder is not deformable and it has no proposal count: --n-points sets the
+    decoder's points only; flags without an RT-DETR field are refused, naming the flag."""
+    import argparse
+
+    from models.cli.errors import CliError
+    from models.cli.loading import model_overrides
+
+    ns = argparse.Namespace(model="rt-detr", variant=None, **flags)
+    if isinstance(expected, str):
+        with pytest.raises(CliError, match=expected):
+            model_overrides(ns)
+    else:
+        assert model_overrides(ns) == expected

@@ -44,6 +44,15 @@ MODEL_FLAGS = {
 }
 
 
+# a flag that sets several fields: each of them the family's config has
+_SHARED_FLAGS = {
+    "heads": ("encoder_attention_heads", "decoder_attention_heads"),
+    "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
+    "n_points": ("encoder_n_points", "decoder_n_points"),
+    "num_queries": ("num_queries", "two_stage_num_proposals"),
+}
+
+
 def model_family(ns: argparse.Namespace | None, default: str = "deformable-detr") -> str:
     """The ``--model`` family name (see ``models.registry``); ``default`` when not given."""
     name = getattr(ns, "model", None) if ns is not None else None
@@ -64,19 +73,19 @@ def model_overrides(ns: argparse.Namespace) -> dict[str, Any]:
         value = getattr(ns, flag, None)
         if value is None:
             continue
-        if flag == "heads":
-            out["encoder_attention_heads"] = out["decoder_attention_heads"] = value
-        elif flag == "ffn_dim":
-            out["encoder_ffn_dim"] = out["decoder_ffn_dim"] = value
-        elif flag == "n_points":
-            out["encoder_n_points"] = out["decoder_n_points"] = value
-        elif flag == "num_queries":
-            out.update({name: value for name in ("num_queries", "two_stage_num_proposals") if name in fields})
+        if flag in _SHARED_FLAGS:  # the family's fields among the flag's (RT-DETR: no deformable encoder, no proposals count)
+            names = [name for name in _SHARED_FLAGS[flag] if name in fields]
+            if not names:
+                raise CliError(f"--{flag.replace('_', '-')}: --model {chosen.name} has none of {list(_SHARED_FLAGS[flag])} ({chosen.config_class.__name__})")
+            out.update({name: value for name in names})
         elif field not in fields:
             raise CliError(f"--{flag.replace('_', '-')}: --model {chosen.name} has no {field!r} setting ({chosen.config_class.__name__})")
         else:
             out[field] = value
     if getattr(ns, "out_indices", None):
+        if "backbone_config" in fields and "backbone_kwargs" in fields and "encoder_in_channels" in fields:
+            raise CliError(f"--out-indices: --model {chosen.name} takes its backbone stages from backbone_config['out_indices'] with "
+                           "encoder_in_channels (give them in a --config file)")
         if "backbone_out_indices" in fields:
             out["backbone_out_indices"] = list(ns.out_indices)
         else:
