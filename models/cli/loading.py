@@ -17,7 +17,7 @@ from models.ddetr.config import _IGNORED_BASE_KEYS, DeformableDetrConfig
 from models.engine.training import MODEL_DIR, STATE_FILE, load_training_state, make_processor, processor_class, processor_sizes
 from models.processing.image_processing import DeformableDetrImageProcessor
 from models.quantization.artifact import is_quantized_checkpoint
-from models.registry import Family, build_detector, config_from_dict, family, family_of
+from models.registry import Family, build_detector, config_from_dict, families, family, family_of
 
 DEMO_CHECKPOINT_NAME = "demo"
 DEMO_CHECKPOINT_DIR = Path(__file__).resolve().parent / "demo_checkpoint"
@@ -181,10 +181,23 @@ def _load_quantized(source: Path, path: str, ns: argparse.Namespace | None, devi
         model = load_quantized(source)
     except (ValueError, RuntimeError, OSError) as err:
         raise CliError(f"--checkpoint {path!r}: cannot load the quantized detector: {err}") from err
-    processor = DeformableDetrImageProcessor.from_pretrained(source) if (source / "preprocessor_config.json").is_file() else None
-    if processor is None:
+    if not (source / "preprocessor_config.json").is_file():
         raise CliError(f"--checkpoint {path!r}: the quantized folder has no preprocessor_config.json (its images must be resized as at calibration)")
-    return model, processor
+    return model, _saved_processor(source, path)
+
+
+def _saved_processor(source: Path, path: str) -> Any:
+    """The image processor a folder's ``preprocessor_config.json`` names (``image_processor_type``),
+    among the families' processors (Deformable DETR's when it names none)."""
+    kind = read_json_file(str(source / "preprocessor_config.json"), "--checkpoint", dict, "an image processor's settings").get("image_processor_type")
+    kinds = {}
+    for item in families():
+        cls = processor_class(item.images)
+        kinds.setdefault(cls.__name__, cls)
+    chosen = kinds.get(kind or DeformableDetrImageProcessor.__name__) or kinds.get(str(kind).removesuffix("Fast"))
+    if chosen is None:
+        raise CliError(f"--checkpoint {path!r}: preprocessor_config.json names image_processor_type {kind!r}; known: {sorted(kinds)}")
+    return chosen.from_pretrained(source)
 
 
 def _check_family_flag(ns: argparse.Namespace | None, found: Family, path: str) -> None:
