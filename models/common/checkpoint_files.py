@@ -137,12 +137,18 @@ def torch_load_file(path: str | os.PathLike, what: str, trust_pickle: bool = Fal
 def read_original_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], Any]:
     """Load an original-repository ``.pth``: returns (state dict, ``args`` or None).
 
+    The state dict is ``checkpoint["ema"]["module"]`` when there is one (the EMA weights a solver
+    such as RT-DETR's evaluates and releases), else ``checkpoint["model"]``, else the file itself
+    when it is a bare state dict.
     The file is read with ``weights_only=True`` (allowing ``argparse.Namespace``); a file needing
     other Python objects loads only with ``trust_pickle=True`` (it can run code: trusted files only).
     See :func:`torch_load_file` for the errors.
     """
     path = os.fspath(path)
     checkpoint = torch_load_file(path, "original-repository checkpoint", trust_pickle=trust_pickle, safe=[argparse.Namespace])
+    ema = checkpoint.get("ema") if isinstance(checkpoint, Mapping) else None
+    if isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        return dict(ema["module"]), checkpoint.get("args")
     if isinstance(checkpoint, Mapping) and "model" in checkpoint:
         return dict(checkpoint["model"]), checkpoint.get("args")
     if isinstance(checkpoint, Mapping) and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):

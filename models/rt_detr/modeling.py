@@ -38,11 +38,14 @@ from models.backbones import ConvEncoder
 from models.backbones.resnet_vd import resnet_vd_from_transformers_config
 from models.common.deformable_transformer import DeformableTransformerModel, SelectedQueries
 from models.common.family_detector import DetectorParts, FamilyDetector, checked_config
+from models.common.key_rules import original_num_labels
 from models.common.layers import deformable_attention
 from models.common.multi_scale import MultiScaleFeatures
+from models.common.pretrained import OriginalFormat
 from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import MATCHING, QueryGroup, QueryLayout
 from models.common.stored_names import store_under
+from models.rt_detr import checkpoints
 from models.rt_detr.config import RTDetrConfig
 from models.rt_detr.denoising_group import RTDetrDenoisingGroup
 from models.rt_detr.outputs import RTDetrModelOutput, RTDetrObjectDetectionOutput
@@ -359,6 +362,9 @@ def _heads_to_file(state_dict: dict[str, torch.Tensor], config: RTDetrConfig) ->
     return {f"model.decoder.{key}" if key.startswith(_HEADS) else key: value for key, value in state_dict.items()}
 
 
-CHECKPOINT_FORMAT = CheckpointFormat(config_class=RTDetrConfig, from_file=_heads_from_file, to_file=_heads_to_file)
+CHECKPOINT_FORMAT = CheckpointFormat(
+    config_class=RTDetrConfig, from_file=_heads_from_file, to_file=_heads_to_file,
+    original=OriginalFormat(checkpoints.convert_original_state_dict, checkpoints.config_from_original_args, original_num_labels),
+)
 RTDetrModel.checkpoint_format = CHECKPOINT_FORMAT
 RTDetrForObjectDetection.checkpoint_format = CHECKPOINT_FORMAT
