@@ -116,3 +116,16 @@ def test_fold_batch_norms_leaves_a_training_batch_norm_alone():
         fold_batch_norms(layer)
         assert isinstance(layer[1], nn.Identity)
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
+
+
+def test_detections_only_gives_the_same_detections_without_token_boxes(pixel_values):
+    """The box head on the selected tokens only: the same top-k, boxes, logits and proposals;
+    only ``enc_outputs_coord_logits`` (every token's box) is not computed."""
+    model = tiny_detector(seed=2)
+    reference = run(model, pixel_values)
+    prepared = run(prepare_for_inference(copy.deepcopy(model), detections_only=True), pixel_values)
+    assert_same_outputs(prepared, reference)
+    torch.testing.assert_close(prepared.enc_topk_bboxes, reference.enc_topk_bboxes, atol=1e-4, rtol=0)
+    assert prepared.enc_outputs_coord_logits is None and reference.enc_outputs_coord_logits is not None
+    with pytest.raises(TypeError, match="detections_only"):
+        prepare_for_inference(copy.deepcopy(model), detections_only="yes")

@@ -25,9 +25,10 @@ from torch import nn
 
 from detr_blocks.repvgg import fuse_repvgg_blocks
 from models.backbones.frozen_batch_norm import fold_batch_norms
+from models.rt_detr.query_selection import GridAnchorQuerySelection
 
 
-def prepare_for_inference(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
+def prepare_for_inference(model: nn.Module, *, channels_last: bool = True, detections_only: bool = False) -> nn.Module:
     """Fuse RepVGG blocks, fold batch norms into their convolutions and (``channels_last``) store
     convolution weights channels-last, in place. Returns ``model``.
 
@@ -35,6 +36,9 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True) -> nn
         model: an ``RTDetrForObjectDetection`` or ``RTDetrModel`` (or any module holding RT-DETR
             parts) in eval mode (``model.eval()`` first).
         channels_last: also convert the convolution weights to ``torch.channels_last``.
+        detections_only: the query selection's box head runs on the selected tokens only, so
+            ``enc_outputs_coord_logits`` (every token's proposal box) is None; the detections and
+            every other output are unchanged (``GridAnchorQuerySelection.token_boxes``).
 
     Outputs of the prepared model equal the unprepared model's in eval mode to float rounding.
     """
@@ -46,10 +50,16 @@ def prepare_for_inference(model: nn.Module, *, channels_last: bool = True) -> nn
             f"model must be in eval mode (call model.eval() first): prepare_for_inference folds batch norms, "
             f"which changes training; in training mode: {', '.join(training[:3])}{' ...' if len(training) > 3 else ''}"
         )
+    if not isinstance(detections_only, bool):
+        raise TypeError(f"detections_only must be a bool, got {detections_only!r}")
     fuse_repvgg_blocks(model)
     fold_batch_norms(model)
     if channels_last:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=torch.channels_last)
+    if detections_only:
+        for module in model.modules():
+            if isinstance(module, GridAnchorQuerySelection):
+                module.token_boxes = False
     return model.eval()  # the new convolutions are built in training mode

@@ -16,7 +16,7 @@ from torch import nn
 
 from detr_blocks.anchors import grid_anchors
 from detr_blocks.mlp import MLP
-from detr_blocks.two_stage import gather_proposals, select_top_proposals
+from detr_blocks.two_stage import gather_proposals, proposal_scores, select_top_proposals
 from models.common.deformable_transformer import SelectedQueries
 from models.common.multi_scale import MultiScaleFeatures
 
@@ -36,7 +36,15 @@ class GridAnchorQuerySelection(nn.Module):
 
     Returns ``SelectedQueries`` with ``proposal_logits`` ``[B, k, K]``, ``proposal_boxes``
     ``[B, k, 4]`` (with their graph) and ``reference_logits`` ``[B, k, 4]`` (detached).
+
+    ``token_boxes`` (attribute, default True): the box head runs on every token, and
+    ``enc_outputs_coord_logits`` reports them all. Set False for inference when only detections
+    are wanted (``models.rt_detr.inference.prepare_for_inference(detections_only=True)``): the
+    selection needs class scores only, so the box head then runs on the k selected tokens and
+    ``enc_outputs_coord_logits`` is None; every other output is the same.
     """
+
+    token_boxes: bool = True
 
     def __init__(
         self,
@@ -74,9 +82,20 @@ class GridAnchorQuerySelection(nn.Module):
         anchors, valid = self.anchors_for(features, memory)
         output_memory = self.enc_output(memory * valid.to(memory.dtype))
         enc_outputs_class = self.enc_score_head(output_memory)
-        enc_outputs_coord_logits = self.enc_bbox_head(output_memory) + anchors
-        top_logits, indices = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.num_queries, scoring="max_class")
-        topk_class, topk_boxes = gather_proposals(enc_outputs_class, enc_outputs_coord_logits, indices)
+        if self.token_boxes:
+            enc_outputs_coord_logits = self.enc_bbox_head(output_memory) + anchors
+            top_logits, indices = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.num_queries, scoring="max_class")
+        else:  # the same top-k (by the best class), boxes only where selected
+            indices = torch.topk(proposal_scores(enc_outputs_class, "max_class"), self.num_queries, dim=1).indices
+            selected_memory = torch.gather(output_memory, 1, indices.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
+            selected_anchors = torch.gather(anchors.expand(memory.shape[0], -1, -1), 1, indices.unsqueeze(-1).expand(-1, -1, 4))
+            enc_outputs_coord_logits = None
+            top_logits = (self.enc_bbox_head(selected_memory) + selected_anchors).detach()
+        if enc_outputs_coord_logits is not None:
+            topk_class, topk_boxes = gather_proposals(enc_outputs_class, enc_outputs_coord_logits, indices)
+        else:
+            topk_class = torch.gather(enc_outputs_class, 1, indices.unsqueeze(-1).expand(-1, -1, enc_outputs_class.shape[-1]))
+            topk_boxes = top_logits.sigmoid()
         if self.weight_embedding is not None:
             target = self.weight_embedding.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         else:
