@@ -299,7 +299,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         result = measure(size, args.repeats, args.int8)
         median = result["median"]
         print(f"{size}: " + "   ".join(f"{name} {value * 1e3:.0f} ms ({median['transformers'] / value:.2f}x)" for name, value in median.items()))
-        print(f"  max |logits diff| vs transformers: " + ", ".join(f"{name} {d[0]:.1e}" for name, d in result["differences"].items()))
+        print("  max |logits diff| vs transformers: " + ", ".join(f"{name} {d[0]:.1e}" for name, d in result["differences"].items()))
         for name, parts in result["stages"].items():
             print(f"  {name:14s} " + " ".join(f"{stage} {value * 1e3:.1f}" for stage, value in parts.items()))
         print(f"  int8: {result['int8_note']}")
