@@ -158,14 +158,8 @@ class RTDetrModel(PretrainedMixin, DeformableTransformerModel):
     is_bare = True
 
     def __init__(
-        self,
-        config: RTDetrConfig,
-        class_embed: nn.ModuleList | None = None,
-        bbox_embed: nn.ModuleList | None = None,
-        *,
-        backbone_body: nn.Module | None = None,
-        query_selection: nn.Module | None = None,
-        groups: list[QueryGroup] | None = None,
+        self, config: RTDetrConfig, class_embed: nn.ModuleList | None = None, bbox_embed: nn.ModuleList | None = None, *,
+        backbone_body: nn.Module | None = None, query_selection: nn.Module | None = None, groups: list[QueryGroup] | None = None,
     ) -> None:
         config = checked_config(self, config)
         for name, heads in (("class_embed", class_embed), ("bbox_embed", bbox_embed)):
@@ -332,6 +326,7 @@ class RTDetrForObjectDetection(FamilyDetector):
     def build_parts(
         self, config: RTDetrConfig, *, backbone_body: nn.Module | None, query_selection: nn.Module | None, groups: list[QueryGroup] | None
     ) -> DetectorParts:
+        """Per-layer heads (shared with the decoder), the RT-DETR model around them, the VFL criterion."""
         class_embed, bbox_embed = _heads(config)
         model = RTDetrModel(config, class_embed, bbox_embed, backbone_body=backbone_body, query_selection=query_selection, groups=groups)
         return DetectorParts(model, class_embed, bbox_embed, rt_detr_criterion(config))

@@ -37,8 +37,8 @@ class RTDetrModelOutput(OutputMixin):
     - enc_topk_logits ``[B, Q, K]``, enc_topk_bboxes ``[B, Q, 4]``: the selected proposals (boxes
       with their graph).
     - enc_outputs_class ``[B, S, K]``, enc_outputs_coord_logits ``[B, S, 4]``: every token's proposal.
-    - denoising_meta_values: in training with denoising, ``{"dn_positive_idx", "dn_num_group",
-      "dn_num_split"}`` as ``transformers``.
+    - denoising_meta_values: in training with denoising, ``{"dn_num_group", "dn_num_split"}`` as
+      ``transformers`` (its ``dn_positive_idx`` is ``detr_blocks.denoising_matching_indices``).
     - query_groups (not in ``transformers``): ``{"dn": GroupDecoderOutput}`` in training.
     """
 
