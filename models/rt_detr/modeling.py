@@ -328,8 +328,10 @@ class RTDetrForObjectDetection(FamilyDetector):
     ) -> DetectorParts:
         """Per-layer heads (shared with the decoder), the RT-DETR model around them, the VFL criterion."""
         class_embed, bbox_embed = _heads(config)
-        model = RTDetrModel(config, class_embed, bbox_embed, backbone_body=backbone_body, query_selection=query_selection, groups=groups)
-        return DetectorParts(model, class_embed, bbox_embed, rt_detr_criterion(config))
+        return DetectorParts(
+            model=RTDetrModel(config, class_embed, bbox_embed, backbone_body=backbone_body, query_selection=query_selection, groups=groups),
+            class_embed=class_embed, bbox_embed=bbox_embed, criterion=rt_detr_criterion(config),
+        )
 
     def detection_fields(self, fields: dict[str, Any], classes: torch.Tensor, boxes: torch.Tensor) -> dict[str, Any]:
         """Adds ``intermediate_logits`` ``[B, D, Q, K]``."""
