@@ -36,6 +36,7 @@ def test_train_setup_uses_rt_detrs_recipe_and_demo_preset(tmp_path):
     args, config = build_train_setup(ns)
     assert isinstance(config, RTDetrConfig)
     assert (args.epochs, args.lr_drop, args.lr, args.lr_backbone, args.image_size, args.multiscale) == (72, 0, 1e-4, 1e-5, 640, False)
+    assert (args.lr_linear_proj_mult, args.weight_decay, args.clip_max_norm) == (1.0, 1e-4, 0.1)  # the authors' optimizer
     demo = build_parser().parse_args(["train", "--model", "rt-detr", "--preset", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     args, config = build_train_setup(demo)
     assert isinstance(config, RTDetrConfig) and (config.d_model, config.num_queries, config.num_denoising) == (64, 20, 20)
