@@ -31,13 +31,16 @@ def sincos_2d_position_embedding(
     Args:
         width: W, a positive int.
         height: H, a positive int.
-        dim: C, the channel count, divisible by 4.
+        dim: C, the channel count, divisible by 4. (Each may also be a 0-dim integer tensor, as
+            tracing gives sizes; it is read as its value.)
         temperature: base of the frequencies, positive.
         dtype, device: of the result (computed in ``dtype``, as the reference does).
 
     Returns:
         ``[W·H, C]``, row ``k = i·H + j`` for width index i and height index j.
     """
+    # ONNX's TorchScript exporter traces sizes as 0-dim tensors: they become constants of the graph
+    width, height, dim = (int(v) if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() else v for v in (width, height, dim))
     for name, value in (("width", width), ("height", height), ("dim", dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")

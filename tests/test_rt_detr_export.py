@@ -67,8 +67,11 @@ def test_torch_export_of_rt_detr_with_the_compiled_op(prepared):
     torch.testing.assert_close(boxes, expected.pred_boxes, **TOLERANCE)
 
 
-@pytest.mark.parametrize("prepared", [True], ids=["prepared"])  # the deployment form (the unprepared one exports too, in 20 s more)
-def test_onnx_export_of_rt_detr_runs_in_onnxruntime(tmp_path, prepared):
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_onnx_export_of_rt_detr_runs_in_onnxruntime(tmp_path, dynamo):
+    """The prepared model (the deployment form; the unprepared one exports too, in 20 s more) through
+    both of torch's ONNX exporters (the TorchScript one traces sizes as tensors)."""
+    prepared = True
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     reference = _model(False)
@@ -78,7 +81,7 @@ def test_onnx_export_of_rt_detr_runs_in_onnxruntime(tmp_path, prepared):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(LogitsAndBoxes(model), (pixel_values,), path, input_names=["pixel_values"], output_names=["logits", "pred_boxes"],
-                          dynamo=True, optimize=False)
+                          **({"dynamo": True, "optimize": False} if dynamo else {"dynamo": False, "opset_version": 17}))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits, boxes = session.run(None, {"pixel_values": pixel_values.numpy()})
     with torch.no_grad():
