@@ -46,8 +46,9 @@ def test_train_setup_uses_rt_detrs_recipe_and_demo_preset(tmp_path):
 @pytest.mark.parametrize("name", ["deformable-detr", "rt-detr"])
 def test_training_images_are_what_the_familys_processor_gives(data, name):
     """The training transforms (no flip) and the processor that training saves give the same pixels:
-    Deformable DETR's short-side resize with ImageNet normalisation, RT-DETR's square of [0, 1] pixels."""
-    images = family(name).images
+    Deformable DETR's short-side resize with ImageNet normalisation, RT-DETR's square of [0, 1] pixels (the
+    steps its augmentation ends with; the random ones before are tested in test_rt_detr_augmentation.py)."""
+    images = family(name).images._replace(augment="detr")
     image, target = CocoDetection(*resolve_split(data, "val"))[0]
     image = image.resize((80, 56))
     target = {**target, "boxes": target["boxes"] * torch.tensor([80 / 64, 56 / 64, 80 / 64, 56 / 64])}

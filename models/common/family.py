@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 RESIZE_MODES = ("shortest_edge", "square")
+AUGMENTATIONS = ("detr", "rt_detr")
 
 
 class ImageRecipe(NamedTuple):
@@ -25,11 +26,15 @@ class ImageRecipe(NamedTuple):
         batches padded with a ``pixel_mask``; ``"square"``: every image to ``image_size`` x
         ``image_size`` (aspect ratio not kept, ``max_size`` unused, no padding).
     normalize: ImageNet mean/std after rescaling to [0, 1]; False: the model reads [0, 1] pixels.
+    augment: the training augmentation before that resize: ``"detr"``: a horizontal flip (and, with
+        ``multiscale``, Deformable DETR's random resizes and crops); ``"rt_detr"``: RT-DETR's photometric
+        distortion, zoom out, IoU crop and flip (``models.data.rt_detr_augmentation``; ``square`` only).
     """
 
     processor: str = "models.processing.image_processing:DeformableDetrImageProcessor"
     resize: str = "shortest_edge"
     normalize: bool = True
+    augment: str = "detr"
 
 
 class Family(NamedTuple):
@@ -80,4 +85,9 @@ def check_family(family: Any, source: str) -> Family:
             raise TypeError(f"{source}: {attribute} must be a class, got {getattr(family, attribute)!r}")
     if not isinstance(family.images, ImageRecipe) or family.images.resize not in RESIZE_MODES:
         raise ValueError(f"{source}: images must be an ImageRecipe with resize in {RESIZE_MODES}, got {family.images!r}")
+    if family.images.augment not in AUGMENTATIONS:
+        raise ValueError(f"{source}: images.augment must be one of {AUGMENTATIONS}, got {family.images.augment!r}")
+    if family.images.augment == "rt_detr" and family.images.resize != "square":
+        raise ValueError(f"{source}: images.augment 'rt_detr' ends in a square resize; it needs resize 'square', "
+                         f"got {family.images.resize!r}")
     return family

@@ -50,6 +50,7 @@ from models.data.augmentation import (
     train_transforms,
 )
 from models.data.coco import CocoDetection, resolve_split
+from models.data.rt_detr_augmentation import rt_detr_train_transforms
 from models.engine.checkpoints import (
     MODEL_DIR,
     STATE_FORMAT,
@@ -595,12 +596,14 @@ def restore_run(state: dict, model: torch.nn.Module, optimization: Optimization,
 
 def training_transforms(args: TrainingArgs, images: ImageRecipe = ImageRecipe()) -> Compose:
     """The augmentation of a run, resized and normalized as the family's ``images`` recipe says (so as
-    its processor does at inference): the multi-scale recipe (``shortest_edge`` only) or a fixed resize,
-    after an optional flip."""
+    its processor does at inference): RT-DETR's augmentation (``augment="rt_detr"``), the multi-scale
+    recipe (``shortest_edge`` only) or a fixed resize, after an optional flip."""
     if images.resize == "square" and args.multiscale:
         raise ValueError("multiscale: this model family resizes every image to one fixed square size "
                          f"({args.image_size}x{args.image_size}); train with multiscale off (--no-multiscale)")
     mean_std = {} if images.normalize else {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # [0, 1] pixels
+    if images.augment == "rt_detr":
+        return rt_detr_train_transforms(args.image_size, flip=args.flip, **mean_std)
     if args.multiscale:
         return train_transforms(**recipe_for_size(args.image_size, args.max_size), flip=args.flip, **mean_std)
     resize = RandomSquareResize([args.image_size]) if images.resize == "square" else RandomResize([args.image_size], args.max_size)
