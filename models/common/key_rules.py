@@ -69,25 +69,30 @@ def rename_state_dict(
     return converted, unmapped
 
 
+def layer_rules(prefix: str, target: str, parts: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """One renaming rule per part of a layer: ``prefix + theirs + ".(rest)"`` → ``target + ours +
+    ".(rest)"``; ``prefix`` is a pattern whose groups (the layer's indices) ``target`` refers to as
+    ``\\1`` … ``\\n``; ``parts`` maps the original part name to ours, in rule order."""
+    groups = re.compile(prefix).groups
+    return tuple((rf"{prefix}{re.escape(theirs)}\.(.*)$", rf"{target}{ours}.\{groups + 1}") for theirs, ours in parts.items())
+
+
 _LAYER = r"^transformer\.{part}\.layers\.(\d+)\."
 # Key renaming rules both original repositories need (DINO's transformer keeps Deformable DETR's
 # layer layout): the backbone body, the level embedding, every encoder and decoder layer's parts,
-# the input projections and the per-layer heads; (pattern, replacement), first match wins.
+# the input projections and the per-layer heads; (pattern, replacement), first match wins. (The
+# decoder's stacked self-attention in_proj is split by ``DECODER_IN_PROJ``; its norm1 follows the
+# cross-attention.)
 DEFORMABLE_LAYER_RULES: tuple[tuple[str, str], ...] = (
     (r"^backbone\.0\.body\.(.*)$", r"model.backbone.conv_encoder.model.\1"),
     (r"^transformer\.level_embed$", r"model.level_embed"),
-    (_LAYER.format(part="encoder") + r"self_attn\.(.*)$", r"model.encoder.layers.\1.self_attn.\2"),
-    (_LAYER.format(part="encoder") + r"norm1\.(.*)$", r"model.encoder.layers.\1.self_attn_layer_norm.\2"),
-    (_LAYER.format(part="encoder") + r"linear1\.(.*)$", r"model.encoder.layers.\1.fc1.\2"),
-    (_LAYER.format(part="encoder") + r"linear2\.(.*)$", r"model.encoder.layers.\1.fc2.\2"),
-    (_LAYER.format(part="encoder") + r"norm2\.(.*)$", r"model.encoder.layers.\1.final_layer_norm.\2"),
-    (_LAYER.format(part="decoder") + r"cross_attn\.(.*)$", r"model.decoder.layers.\1.encoder_attn.\2"),
-    (_LAYER.format(part="decoder") + r"norm1\.(.*)$", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2"),
-    (_LAYER.format(part="decoder") + r"self_attn\.out_proj\.(.*)$", r"model.decoder.layers.\1.self_attn.out_proj.\2"),
-    (_LAYER.format(part="decoder") + r"norm2\.(.*)$", r"model.decoder.layers.\1.self_attn_layer_norm.\2"),
-    (_LAYER.format(part="decoder") + r"linear1\.(.*)$", r"model.decoder.layers.\1.fc1.\2"),
-    (_LAYER.format(part="decoder") + r"linear2\.(.*)$", r"model.decoder.layers.\1.fc2.\2"),
-    (_LAYER.format(part="decoder") + r"norm3\.(.*)$", r"model.decoder.layers.\1.final_layer_norm.\2"),
+    *layer_rules(_LAYER.format(part="encoder"), r"model.encoder.layers.\1.", {
+        "self_attn": "self_attn", "norm1": "self_attn_layer_norm", "linear1": "fc1", "linear2": "fc2", "norm2": "final_layer_norm",
+    }),
+    *layer_rules(_LAYER.format(part="decoder"), r"model.decoder.layers.\1.", {
+        "cross_attn": "encoder_attn", "norm1": "encoder_attn_layer_norm", "self_attn.out_proj": "self_attn.out_proj",
+        "norm2": "self_attn_layer_norm", "linear1": "fc1", "linear2": "fc2", "norm3": "final_layer_norm",
+    }),
     (r"^input_proj\.(\d+)\.(\d+)\.(.*)$", r"model.input_proj.\1.\2.\3"),
     (r"^(class_embed|bbox_embed)\.(\d+)\.(.*)$", r"\1.\2.\3"),
 )

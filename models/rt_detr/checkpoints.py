@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from models.backbones.resnet_vd import DEFAULT_WIDTHS, RESNET_VD_VARIANTS
-from models.common.key_rules import rename_state_dict, split_in_proj
+from models.common.key_rules import layer_rules, rename_state_dict, split_in_proj
 from models.rt_detr.config import BACKBONE_MODEL_TYPE, RTDetrConfig
 
 _BODY = "model.backbone.model."
@@ -42,12 +42,6 @@ _BRANCH_INDEX = {"branch2a": "0", "branch2b": "1", "branch2c": "2"}
 _AIFI_PARTS = {"self_attn": "self_attn", "linear1": "fc1", "linear2": "fc2", "norm1": "self_attn_layer_norm", "norm2": "final_layer_norm"}
 _DECODER_PARTS = {"self_attn": "self_attn", "norm1": "self_attn_layer_norm", "cross_attn": "encoder_attn", "norm2": "encoder_attn_layer_norm",
                   "linear1": "fc1", "linear2": "fc2", "norm3": "final_layer_norm"}
-
-
-def _layer_rules(prefix: str, target: str, parts: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """One rule per part of a layer; ``prefix`` / ``target`` hold the layer's indices as groups 1..n."""
-    groups = prefix.count("(")
-    return tuple((rf"{prefix}{theirs}\.(.*)$", rf"{target}{ours}.\{groups + 1}") for theirs, ours in parts.items())
 
 
 # Modules moved whole: the authors' prefix → ours.
@@ -69,9 +63,9 @@ _RULES: tuple[tuple[str, str], ...] = (
     (_STAGE + r"short\.conv\." + _NORM, _BODY + r"encoder.stages.\1.layers.\2.shortcut.1.\3.\4"),
     (_STAGE + r"short\." + _NORM, _BODY + r"encoder.stages.\1.layers.\2.shortcut.\3.\4"),
     (_STAGE + r"(branch2[abc])\." + _NORM, _BODY + r"encoder.stages.\1.layers.\2.layer.\3.\4.\5"),
-    *_layer_rules(r"^encoder\.encoder\.(\d+)\.layers\.(\d+)\.", r"model.encoder.encoder.\1.layers.\2.", _AIFI_PARTS),
-    *_layer_rules(r"^decoder\.decoder\.layers\.(\d+)\.", r"model.decoder.layers.\1.", _DECODER_PARTS),
-    *_layer_rules(r"^decoder\.input_proj\.(\d+)\.", r"model.decoder_input_proj.\1.", {"conv": "0", "norm": "1"}),
+    *layer_rules(r"^encoder\.encoder\.(\d+)\.layers\.(\d+)\.", r"model.encoder.encoder.\1.layers.\2.", _AIFI_PARTS),
+    *layer_rules(r"^decoder\.decoder\.layers\.(\d+)\.", r"model.decoder.layers.\1.", _DECODER_PARTS),
+    *layer_rules(r"^decoder\.input_proj\.(\d+)\.", r"model.decoder_input_proj.\1.", {"conv": "0", "norm": "1"}),
     *((rf"^{re.escape(theirs)}\.(.*)$", rf"{ours}.\1") for theirs, ours in _MODULES.items()),
 )
 _IN_PROJ = re.compile(r"^(.*\.self_attn)\.in_proj_(weight|bias)$")
