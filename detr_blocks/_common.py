@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 
-def build_module(name: str, module_or_factory: nn.Module | Callable[[], nn.Module]) -> nn.Module:
-    """Accept an ``nn.Module`` or a zero-argument factory that returns one."""
+def build_module(
+    name: str, module_or_factory: nn.Module | Callable[[], nn.Module] | None, default: Callable[[], nn.Module] | None = None
+) -> nn.Module:
+    """Accept an ``nn.Module`` or a zero-argument factory that returns one; None builds ``default()``
+    when a default is given (a layer's own choice of module)."""
+    if module_or_factory is None and default is not None:
+        return default()
     if isinstance(module_or_factory, nn.Module):
         return module_or_factory
     if callable(module_or_factory):

@@ -74,15 +74,9 @@ class DeformableDecoderLayer(FeedForwardHost):
     ) -> None:
         super().__init__()
         check_layer_args(d_model, ffn_dim, dropout=dropout, activation_dropout=activation_dropout, attention_dropout=attention_dropout)
-        if self_attn is None:
-            self.self_attn = MultiheadSelfAttention(d_model, num_heads, dropout=attention_dropout)
-        else:
-            self.self_attn = build_module("self_attn", self_attn)
+        self.self_attn = build_module("self_attn", self_attn, default=lambda: MultiheadSelfAttention(d_model, num_heads, dropout=attention_dropout))
         self.self_attn_layer_norm = norm_layer(d_model)
-        if encoder_attn is None:
-            self.encoder_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points)
-        else:
-            self.encoder_attn = build_module("encoder_attn", encoder_attn)
+        self.encoder_attn = build_module("encoder_attn", encoder_attn, default=lambda: MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points))
         self.encoder_attn_layer_norm = norm_layer(d_model)
         self._init_feed_forward(feed_forward, d_model, ffn_dim, activation, dropout, activation_dropout, norm_layer)
         self.d_model = d_model

@@ -102,10 +102,7 @@ class DeformableEncoderLayer(FeedForwardHost):
     ) -> None:
         super().__init__()
         check_layer_args(d_model, ffn_dim, dropout=dropout, activation_dropout=activation_dropout)
-        if self_attn is None:
-            self.self_attn = MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points)
-        else:
-            self.self_attn = build_module("self_attn", self_attn)
+        self.self_attn = build_module("self_attn", self_attn, default=lambda: MultiScaleDeformableAttention(d_model, num_heads, num_levels, num_points))
         self.self_attn_layer_norm = norm_layer(d_model)
         self._init_feed_forward(feed_forward, d_model, ffn_dim, activation, dropout, activation_dropout, norm_layer)
         self.d_model = d_model
