@@ -45,6 +45,26 @@ def input_projections(channels: list[int], d_model: int, num_levels: int) -> nn.
     return nn.ModuleList(projections)
 
 
+def project_levels(projections: nn.ModuleList, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``projections[l](maps[l])`` for every map, then the extra levels: the first extra projection
+    applied to the last map, each next one to the previous extra level. Returns
+    ``len(projections)`` maps ``[B, C, H_l, W_l]``."""
+    sources = [projection(feature) for projection, feature in zip(projections, maps)]
+    for level in range(len(maps), len(projections)):
+        sources.append(projections[level](maps[-1] if level == len(maps) else sources[-1]))
+    return sources
+
+
+def flatten_levels(sources: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+    """Maps ``[B, C, H_l, W_l]`` → ``(tokens [B, S, C] level by level, each row-major; (H_l, W_l)
+    per level; the same as int64 [L, 2]; level_start_index int64 [L])``."""
+    spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]  # symbolic under export: no int()
+    flat = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
+    spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=flat.device)
+    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    return flat, spatial_shapes_list, spatial_shapes, level_start_index
+
+
 def check_pixels(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, num_channels: int) -> torch.Tensor:
     """Validate a batch; return the pixel mask (1 = real pixel), all ones when None."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != num_channels:
@@ -73,23 +93,18 @@ def multi_scale_features(
         pixel_values: ``[B, C_in, H, W]``; pixel_mask: ``[B, H, W]``, 1 = real pixel.
     """
     features, positions = backbone(pixel_values, pixel_mask)
-    sources = [projection(feature) for projection, (feature, _) in zip(input_proj, features)]
+    sources = project_levels(input_proj, [feature for feature, _ in features])
     padding = [~mask for _, mask in features]
     positions = list(positions)
-    for level in range(len(features), len(input_proj)):
-        source = input_proj[level](features[-1][0] if level == len(features) else sources[-1])
+    for source in sources[len(features):]:
         mask = mask_to_size(pixel_mask, source.shape[-2:])
-        sources.append(source)
         padding.append(~mask)
         positions.append(backbone.position_embedding(~mask, dtype=source.dtype))
 
-    spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]  # symbolic under export: no int()
-    source_flatten = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], 1)
+    source_flatten, spatial_shapes_list, spatial_shapes, level_start_index = flatten_levels(sources)
     padding_flatten = torch.cat([mask.flatten(1) for mask in padding], 1)
     position_flatten = torch.cat(
         [position.flatten(2).transpose(1, 2) + level_embed[level].view(1, 1, -1) for level, position in enumerate(positions)], 1
     )
-    spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=source_flatten.device)
-    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
     ratios = torch.stack([compute_valid_ratios(mask, dtype=source_flatten.dtype) for mask in padding], 1)
     return MultiScaleFeatures(source_flatten, padding_flatten, position_flatten, spatial_shapes, spatial_shapes_list, level_start_index, ratios)

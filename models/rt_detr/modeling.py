@@ -40,7 +40,7 @@ from models.common.deformable_transformer import DeformableTransformerModel, Sel
 from models.common.family_detector import DetectorParts, FamilyDetector, checked_config
 from models.common.key_rules import original_num_labels
 from models.common.layers import deformable_attention
-from models.common.multi_scale import MultiScaleFeatures
+from models.common.multi_scale import MultiScaleFeatures, flatten_levels, project_levels
 from models.common.pretrained import OriginalFormat
 from models.common.pretrained_model import CheckpointFormat, PretrainedMixin
 from models.common.query_groups import MATCHING, QueryGroup, QueryLayout
@@ -213,13 +213,8 @@ class RTDetrModel(PretrainedMixin, DeformableTransformerModel):
         """Step 3: the hybrid encoder's maps projected to ``d_model`` (extra levels by 3x3 stride-2
         convolutions, the first from the last map, the next from the previous extra level),
         flattened: the decoder's memory, without padding, positions or level embeddings."""
-        sources = [projection(feature) for projection, feature in zip(self.decoder_input_proj, maps)]
-        for level in range(len(maps), len(self.decoder_input_proj)):
-            sources.append(self.decoder_input_proj[level](maps[-1] if level == len(maps) else sources[-1]))
-        spatial_shapes_list = [tuple(source.shape[-2:]) for source in sources]
-        source = torch.cat([s.flatten(2).transpose(1, 2) for s in sources], 1)
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=source.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        sources = project_levels(self.decoder_input_proj, maps)
+        source, spatial_shapes_list, spatial_shapes, level_start_index = flatten_levels(sources)
         padding = torch.zeros(source.shape[:2], dtype=torch.bool, device=source.device)
         ratios = source.new_ones(source.shape[0], len(sources), 2)
         return MultiScaleFeatures(source, padding, None, spatial_shapes, spatial_shapes_list, level_start_index, ratios)
