@@ -139,7 +139,7 @@ def select_top_proposals(
 
 def gather_proposals(class_logits: torch.Tensor, coord_logits: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The selected proposals as their heads scored them, with their graph (what a loss on the
-    selected proposals supervises: DINO's and RT-DETR's).
+    selected proposals supervises, e.g. DINO's).
 
     Args:
         class_logits: ``[B, S, K]``; coord_logits: ``[B, S, 4]`` box logits; indices: int64 ``[B, k]``

@@ -16,7 +16,7 @@ from torch import nn
 
 from detr_blocks.anchors import grid_anchors
 from detr_blocks.mlp import MLP
-from detr_blocks.two_stage import gather_proposals, proposal_scores, select_top_proposals
+from detr_blocks.two_stage import proposal_scores
 from models.common.deformable_transformer import SelectedQueries
 from models.common.multi_scale import MultiScaleFeatures
 
@@ -80,33 +80,34 @@ class GridAnchorQuerySelection(nn.Module):
         """memory ``[B, S, C]`` (the decoder's flattened input) → ``SelectedQueries`` (``proposal_heads``
         is unused: the heads are this module's)."""
         anchors, valid = self.anchors_for(features, memory)
+        if self.num_queries > memory.shape[1]:
+            raise ValueError(f"num_queries ({self.num_queries}) exceeds the {memory.shape[1]} tokens of the decoder's input levels: give a larger image")
         output_memory = self.enc_output(memory * valid.to(memory.dtype))
         enc_outputs_class = self.enc_score_head(output_memory)
+        indices = torch.topk(proposal_scores(enc_outputs_class, "max_class"), self.num_queries, dim=1).indices
+        selected_memory = _rows(output_memory, indices)
         if self.token_boxes:
             enc_outputs_coord_logits = self.enc_bbox_head(output_memory) + anchors
-            top_logits, indices = select_top_proposals(enc_outputs_class, enc_outputs_coord_logits, self.num_queries, scoring="max_class")
-        else:  # the same top-k (by the best class), boxes only where selected
-            indices = torch.topk(proposal_scores(enc_outputs_class, "max_class"), self.num_queries, dim=1).indices
-            selected_memory = torch.gather(output_memory, 1, indices.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1]))
-            selected_anchors = torch.gather(anchors.expand(memory.shape[0], -1, -1), 1, indices.unsqueeze(-1).expand(-1, -1, 4))
+            box_logits = _rows(enc_outputs_coord_logits, indices)
+        else:  # the box head on the selected tokens only: the same boxes, no per-token ones
             enc_outputs_coord_logits = None
-            top_logits = (self.enc_bbox_head(selected_memory) + selected_anchors).detach()
-        if enc_outputs_coord_logits is not None:
-            topk_class, topk_boxes = gather_proposals(enc_outputs_class, enc_outputs_coord_logits, indices)
-        else:
-            topk_class = torch.gather(enc_outputs_class, 1, indices.unsqueeze(-1).expand(-1, -1, enc_outputs_class.shape[-1]))
-            topk_boxes = top_logits.sigmoid()
+            box_logits = self.enc_bbox_head(selected_memory) + _rows(anchors.expand(memory.shape[0], -1, -1), indices)
         if self.weight_embedding is not None:
             target = self.weight_embedding.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
         else:
-            target = torch.gather(output_memory, 1, indices.unsqueeze(-1).expand(-1, -1, output_memory.shape[-1])).detach()
+            target = selected_memory.detach()
         return SelectedQueries(
             target,
-            top_logits.sigmoid(),
+            box_logits.detach().sigmoid(),
             None,
             enc_outputs_class,
             enc_outputs_coord_logits,
-            proposal_logits=topk_class,
-            proposal_boxes=topk_boxes,
-            reference_logits=top_logits,
+            proposal_logits=_rows(enc_outputs_class, indices),
+            proposal_boxes=box_logits.sigmoid(),
+            reference_logits=box_logits.detach(),
         )
+
+
+def _rows(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``tensor`` ``[B, S, D]`` at the token ``indices`` ``[B, k]`` → ``[B, k, D]``."""
+    return torch.gather(tensor, 1, indices.unsqueeze(-1).expand(-1, -1, tensor.shape[-1]))
