@@ -202,7 +202,7 @@ class RTDetrModel(PretrainedMixin, DeformableTransformerModel):
     @property
     def denoising_class_embed(self) -> nn.Module | None:
         """The denoising group's label embedding (``[num_labels + 1, C]``), if it has one."""
-        return next((getattr(group, "denoising_class_embed", None) for group in self.query_groups if hasattr(group, "denoising_class_embed")), None)
+        return next((group.denoising_class_embed for group in self.query_groups if isinstance(group, RTDetrDenoisingGroup)), None)
 
     # --------------------------------------------------------------------------------- steps
     def backbone_maps(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> list[torch.Tensor]:
